@@ -1,0 +1,1 @@
+//! encode (not built yet)

@@ -1,0 +1,1 @@
+//! observe (not built yet)

@@ -1,0 +1,446 @@
+//! The job record — the system of record's unit — and the stages a job moves through.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audio::SourceInfo;
+use crate::error::{CodedError, ErrorCode};
+
+/// A job id: a UUID v4 in its hyphenated form. Kept a string newtype so backends can use it
+/// in keys and subjects directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for JobId {
+    type Err = CodedError;
+
+    /// Only UUIDs are job ids: anything else (path traversal, key injection) is refused.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| Self(u.hyphenated().to_string()))
+            .map_err(|_| CodedError::new(ErrorCode::NotFound, format!("no job {s:?}")))
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A queue-driven pipeline stage. Ingest is not one: it creates jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Decode,
+    Separate,
+    Encode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Decode, Stage::Separate, Stage::Encode];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Separate => "separate",
+            Self::Encode => "encode",
+        }
+    }
+
+    /// The stage that follows this one, `None` after the last.
+    pub const fn next(self) -> Option<Stage> {
+        match self {
+            Self::Decode => Some(Self::Separate),
+            Self::Separate => Some(Self::Encode),
+            Self::Encode => None,
+        }
+    }
+
+    /// The job state while this stage works on it.
+    pub const fn running_state(self) -> JobState {
+        match self {
+            Self::Decode => JobState::Decoding,
+            Self::Separate => JobState::Separating,
+            Self::Encode => JobState::Encoding,
+        }
+    }
+
+    /// The state a job must be in for this stage to pick it up: the state the previous
+    /// stage left it in, or this stage's own running state after a crash mid-stage.
+    pub const fn entry_state(self) -> JobState {
+        match self {
+            Self::Decode => JobState::Queued,
+            Self::Separate => JobState::Decoding,
+            Self::Encode => JobState::Separating,
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+            .ok_or_else(|| {
+                CodedError::new(
+                    ErrorCode::InvalidOption,
+                    format!("unknown stage {s:?} (expected decode, separate or encode)"),
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Decoding,
+    Separating,
+    Encoding,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Decoding => "decoding",
+            Self::Separating => "separating",
+            Self::Encoding => "encoding",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Container / codec of the stems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFormat {
+    #[default]
+    Wav,
+    Flac,
+    Mp3,
+}
+
+impl AudioFormat {
+    pub const fn extension(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Flac => "flac",
+            Self::Mp3 => "mp3",
+        }
+    }
+
+    pub const fn mime_type(self) -> &'static str {
+        match self {
+            Self::Wav => "audio/wav",
+            Self::Flac => "audio/flac",
+            Self::Mp3 => "audio/mpeg",
+        }
+    }
+}
+
+impl FromStr for AudioFormat {
+    type Err = CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "wav" => Ok(Self::Wav),
+            "flac" => Ok(Self::Flac),
+            "mp3" => Ok(Self::Mp3),
+            _ => Err(CodedError::new(
+                ErrorCode::InvalidOption,
+                format!("unknown format {s:?} (expected wav, flac or mp3)"),
+            )),
+        }
+    }
+}
+
+/// Sample encoding of WAV / FLAC stems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleFormat {
+    #[default]
+    I16,
+    I24,
+    /// 32-bit float: WAV only.
+    F32,
+}
+
+impl FromStr for SampleFormat {
+    type Err = CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "16" | "i16" | "s16" | "int16" => Ok(Self::I16),
+            "24" | "i24" | "s24" | "int24" => Ok(Self::I24),
+            "f32" | "float" | "float32" | "32f" => Ok(Self::F32),
+            _ => Err(CodedError::new(
+                ErrorCode::InvalidOption,
+                format!("unknown sample format {s:?} (expected i16, i24 or f32)"),
+            )),
+        }
+    }
+}
+
+/// MP3 bit-rate control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode", content = "value")]
+pub enum Mp3Mode {
+    /// Constant bit rate in kbit/s (128–320).
+    Cbr(u16),
+    /// LAME VBR quality preset, 0 (best) … 9.
+    Vbr(u8),
+}
+
+impl Default for Mp3Mode {
+    /// 320 kbit/s CBR, as `demucs --mp3` does.
+    fn default() -> Self {
+        Self::Cbr(320)
+    }
+}
+
+/// What to do when stems would clip on integer / lossy output (as demucs `--clip-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipMode {
+    /// Scale all stems of a song down together so none clips: they still sum to the (scaled) mix.
+    #[default]
+    Rescale,
+    Clamp,
+    /// Leave samples as they are; only allowed for float output.
+    None,
+}
+
+impl FromStr for ClipMode {
+    type Err = CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "rescale" => Ok(Self::Rescale),
+            "clamp" => Ok(Self::Clamp),
+            "none" => Ok(Self::None),
+            _ => Err(CodedError::new(
+                ErrorCode::InvalidOption,
+                format!("unknown clip mode {s:?} (expected rescale, clamp or none)"),
+            )),
+        }
+    }
+}
+
+/// Sample rate of the stems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputRate {
+    /// The model's rate (44.1 kHz for every shipped model).
+    #[default]
+    Model,
+    /// Back to the source's rate and channel count.
+    Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct OutputFormat {
+    pub format: AudioFormat,
+    #[serde(default)]
+    pub sample_format: SampleFormat,
+    #[serde(default)]
+    pub mp3: Mp3Mode,
+    #[serde(default)]
+    pub clip: ClipMode,
+    #[serde(default)]
+    pub rate: OutputRate,
+}
+
+/// What the user asked for. Validated at submission; stages trust it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct JobOptions {
+    /// Model name from the registry, or a path to a manifest.
+    pub model: String,
+    /// Stems to return; `None` = all the model's sources.
+    #[serde(default)]
+    pub stems: Option<Vec<String>>,
+    /// Return this stem and the sum of all others ("no_<stem>"), like demucs `--two-stems`.
+    #[serde(default)]
+    pub two_stems: Option<String>,
+    #[serde(default)]
+    pub output: OutputFormat,
+    /// Chunk length in seconds; `None` = the model's own.
+    #[serde(default)]
+    pub segment: Option<f32>,
+    #[serde(default = "default_overlap")]
+    pub overlap: f32,
+    #[serde(default)]
+    pub shifts: u32,
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+fn default_overlap() -> f32 {
+    0.25
+}
+
+/// Start / finish of one stage of one job, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StageTimes {
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant: String,
+    pub state: JobState,
+    pub options: JobOptions,
+    /// The name the user gave the input (file name), used for output names and tags.
+    pub source_name: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    #[serde(default)]
+    pub stages: BTreeMap<Stage, StageTimes>,
+    /// Delivery attempt of the current stage (1 on first delivery).
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub error: Option<CodedError>,
+    #[serde(default)]
+    pub source: Option<SourceInfo>,
+    /// Hex SHA-256 of the uploaded bytes.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Stem name → storage key of the finished stem.
+    #[serde(default)]
+    pub results: BTreeMap<String, String>,
+}
+
+impl Job {
+    pub fn new(
+        tenant: impl Into<String>,
+        source_name: impl Into<String>,
+        options: JobOptions,
+    ) -> Self {
+        let now = now_ms();
+        Self {
+            id: JobId::new_random(),
+            tenant: tenant.into(),
+            state: JobState::Queued,
+            options,
+            source_name: source_name.into(),
+            created_ms: now,
+            updated_ms: now,
+            stages: BTreeMap::new(),
+            attempt: 0,
+            error: None,
+            source: None,
+            sha256: None,
+            results: BTreeMap::new(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it, which only a broken host has).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Deterministic storage keys (DESIGN.md "The flow"): a retried stage overwrites, never duplicates.
+pub mod keys {
+    use super::JobId;
+
+    pub fn source(job: &JobId) -> String {
+        format!("uploads/{job}/source")
+    }
+
+    pub fn mix(job: &JobId) -> String {
+        format!("work/{job}/mix.wav")
+    }
+
+    pub fn stem(job: &JobId, stem: &str) -> String {
+        format!("work/{job}/stems/{stem}.wav")
+    }
+
+    pub fn result(job: &JobId, stem: &str, extension: &str) -> String {
+        format!("results/{job}/{stem}.{extension}")
+    }
+
+    /// Every prefix a job owns, for deletion.
+    pub fn prefixes(job: &JobId) -> [String; 3] {
+        [
+            format!("uploads/{job}/"),
+            format!("work/{job}/"),
+            format!("results/{job}/"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_chain_in_order() {
+        assert_eq!(Stage::Decode.next(), Some(Stage::Separate));
+        assert_eq!(Stage::Separate.next(), Some(Stage::Encode));
+        assert_eq!(Stage::Encode.next(), None);
+        for stage in Stage::ALL {
+            assert_eq!(stage.as_str().parse::<Stage>().expect("parse"), stage);
+        }
+    }
+
+    #[test]
+    fn job_ids_must_be_uuids() {
+        assert!("../../etc/passwd".parse::<JobId>().is_err());
+        let id = JobId::new_random();
+        assert_eq!(id.as_str().parse::<JobId>().expect("parse"), id);
+    }
+
+    #[test]
+    fn job_record_round_trips_through_json() {
+        let mut job = Job::new("acme", "song.mp3", JobOptions::default());
+        job.results
+            .insert("vocals".into(), keys::result(&job.id, "vocals", "mp3"));
+        let json = serde_json::to_string(&job).expect("serialize");
+        let back: Job = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, job);
+    }
+}

@@ -1,0 +1,14 @@
+//! The MSaaS spine (DESIGN.md "The flow"): the job record, the stages, the seams
+//! (queue, blob store, job store, event bus) with their embedded backends, and the worker loop.
+
+pub mod audio;
+pub mod error;
+pub mod job;
+pub mod stage;
+pub mod traits;
+
+pub use audio::{Pcm, SourceInfo};
+pub use error::{CodedError, ErrorCode};
+pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
+pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
+pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue};

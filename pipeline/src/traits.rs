@@ -1,0 +1,250 @@
+//! The seams of the pipeline. Each trait has an embedded backend in this crate; the
+//! distributed backends (Redis Streams, S3, NATS) implement the same traits, so a stage
+//! never knows which it runs on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CodedError, ErrorCode};
+use crate::job::{Job, JobId, JobState, Stage};
+
+/// Errors of the backends: which backend failed and why, mapped to a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The record was not in the expected state (compare-and-set lost a race).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("events: {0}")]
+    Events(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Storage(_) => ErrorCode::StorageUnavailable,
+            Self::Queue(_) => ErrorCode::QueueUnavailable,
+            Self::Events(_) => ErrorCode::EventsUnavailable,
+            Self::Io(_) => ErrorCode::Io,
+        }
+    }
+}
+
+impl From<BackendError> for CodedError {
+    fn from(err: BackendError) -> Self {
+        CodedError::new(err.code(), err.to_string())
+    }
+}
+
+/// A message on a stage queue: only a pointer, the job record is the truth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMessage {
+    pub job_id: JobId,
+    /// W3C `traceparent` of the job's trace, when tracing is on.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+/// A claimed message: the payload plus what the queue needs to ack / retry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: StageMessage,
+    /// Backend-specific receipt (stream entry id, in-memory sequence).
+    pub receipt: String,
+    /// How many times this message has been delivered, 1 on the first claim.
+    pub attempt: u32,
+}
+
+/// One queue per stage; at-least-once delivery with a visibility timeout.
+#[async_trait]
+pub trait StageQueue: Send + Sync {
+    async fn enqueue(&self, stage: Stage, message: StageMessage) -> Result<(), BackendError>;
+    /// Claims the next message of `stage` for `consumer`, waiting up to `wait`. Messages
+    /// claimed by anyone and not acked within the visibility timeout are claimed again,
+    /// with `attempt` counted up.
+    async fn claim(
+        &self,
+        stage: Stage,
+        consumer: &str,
+        wait: Duration,
+    ) -> Result<Option<Delivery>, BackendError>;
+    /// Done with it: it will not be delivered again.
+    async fn ack(&self, stage: Stage, delivery: &Delivery) -> Result<(), BackendError>;
+    /// Give it back to be delivered again after `delay` (transient failure, or a graceful
+    /// shutdown releasing work it will not finish).
+    async fn retry(
+        &self,
+        stage: Stage,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> Result<(), BackendError>;
+    /// Moves it to the dead-letter queue with the reason; it is not delivered again.
+    async fn dead_letter(
+        &self,
+        stage: Stage,
+        delivery: &Delivery,
+        reason: &CodedError,
+    ) -> Result<(), BackendError>;
+    /// Depth of a stage (waiting + claimed-but-not-acked), for metrics and autoscaling.
+    async fn depth(&self, stage: Stage) -> Result<QueueDepth, BackendError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Not yet delivered.
+    pub waiting: u64,
+    /// Delivered, not acked.
+    pub pending: u64,
+    /// Age of the oldest waiting or pending message, in milliseconds.
+    pub oldest_age_ms: u64,
+}
+
+/// Where a stored object can be read from by someone outside the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local file (embedded mode).
+    Path(PathBuf),
+    /// A presigned URL (object storage).
+    Url(String),
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, BackendError>>;
+
+/// Object storage for audio. Writes are atomic: a reader sees the old object, or the whole
+/// new one, never a part.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores a stream under `key`. With a `limit` (bytes), a body longer than it is not
+    /// stored: the store stops reading as soon as it is passed and returns `OverLimit`.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteStream,
+        limit: Option<u64>,
+    ) -> Result<PutOutcome, BackendError>;
+    /// Stores a local file under `key` (streamed, never read whole into memory).
+    async fn put_file(&self, key: &str, path: &Path) -> Result<u64, BackendError>;
+    async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), BackendError>;
+    /// Streams an object, optionally a byte range `start..end` (end exclusive).
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteStream, BackendError>;
+    /// Copies an object into a local file (written atomically).
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, BackendError>;
+    /// Size of an object, `None` if absent.
+    async fn size(&self, key: &str) -> Result<Option<u64>, BackendError>;
+    /// Deletes an object; absent objects are not an error.
+    async fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// Deletes every object under a prefix.
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BackendError>;
+    /// A path or presigned URL valid for `expires`.
+    async fn locate(&self, key: &str, expires: Duration) -> Result<Location, BackendError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored {
+        bytes: u64,
+    },
+    /// The body was longer than the limit; nothing was stored.
+    OverLimit {
+        limit: u64,
+    },
+}
+
+/// The system of record for jobs.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates a record; fails with `Conflict` if the id exists.
+    async fn create(&self, job: &Job) -> Result<(), BackendError>;
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, BackendError>;
+    /// Replaces the record with `next` only if it is still in `expected` state with
+    /// `expected_attempt`; returns `Conflict` otherwise. This is how stages move jobs.
+    async fn compare_and_set(
+        &self,
+        expected: JobState,
+        expected_attempt: u32,
+        next: &Job,
+    ) -> Result<(), BackendError>;
+    /// A tenant's jobs, newest first.
+    async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, BackendError>;
+    async fn delete(&self, id: &JobId) -> Result<(), BackendError>;
+}
+
+/// What happened to a job, as published on the event bus (`msaas.jobs.{id}.{kind}` on NATS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub kind: EventKind,
+    pub job_id: JobId,
+    #[serde(default)]
+    pub stage: Option<Stage>,
+    /// Progress within the stage: done / total units (separation chunks).
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// The record after the transition (absent on progress events).
+    #[serde(default)]
+    pub job: Option<Job>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Queued,
+    StageStarted,
+    StageFinished,
+    Progress,
+    Retrying,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl EventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::StageStarted => "stage_started",
+            Self::StageFinished => "stage_finished",
+            Self::Progress => "progress",
+            Self::Retrying => "retrying",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+pub type EventStream = BoxStream<'static, JobEvent>;
+
+/// Job events. Publishing is best effort (the record is the truth); subscribers may miss
+/// events and must re-read the record when they need certainty.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    async fn publish(&self, event: &JobEvent) -> Result<(), BackendError>;
+    /// Events of one job (`Some`) or of all jobs (`None`), from now on.
+    async fn subscribe(&self, job: Option<&JobId>) -> Result<EventStream, BackendError>;
+}

@@ -1,0 +1,1 @@
+//! separate (not built yet)
