@@ -346,7 +346,11 @@ pub struct Job {
     /// Hex SHA-256 of the uploaded bytes.
     #[serde(default)]
     pub sha256: Option<String>,
-    /// Stem name → storage key of the finished stem.
+    /// Names of the stems separate produced, in the model's order (after `stems` /
+    /// `two_stems` selection); each is stored at [`keys::stem`].
+    #[serde(default)]
+    pub stems: Vec<String>,
+    /// Stem name → storage key of the finished (encoded) stem.
     #[serde(default)]
     pub results: BTreeMap<String, String>,
 }
@@ -371,6 +375,7 @@ impl Job {
             error: None,
             source: None,
             sha256: None,
+            stems: Vec::new(),
             results: BTreeMap::new(),
         }
     }

@@ -40,6 +40,8 @@ pub struct StageContext {
 pub struct StageOutput {
     /// Set by decode.
     pub source: Option<SourceInfo>,
+    /// Set by separate: the stems it wrote, in order.
+    pub stems: Vec<String>,
     /// Set by encode: stem name → storage key.
     pub results: Vec<(String, String)>,
 }
