@@ -290,7 +290,7 @@ pub struct OutputFormat {
 }
 
 /// What the user asked for. Validated at submission; stages trust it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobOptions {
     /// Model name from the registry, or a path to a manifest.
     pub model: String,
@@ -311,6 +311,95 @@ pub struct JobOptions {
     pub shifts: u32,
     #[serde(default)]
     pub callback_url: Option<String>,
+}
+
+impl JobOptions {
+    /// Checks what can be checked without the model (the model's stems are checked by
+    /// separate, which knows them). Returns every problem, not just the first.
+    pub fn validate(&self) -> Result<(), CodedError> {
+        let mut problems = Vec::new();
+        if self.model.trim().is_empty() {
+            problems.push("model must not be empty".to_owned());
+        }
+        if !(0.0..1.0).contains(&self.overlap) || self.overlap.is_nan() {
+            problems.push(format!("overlap must be in [0, 1), got {}", self.overlap));
+        }
+        if let Some(segment) = self.segment
+            && (segment.is_nan() || segment <= 0.0)
+        {
+            problems.push(format!("segment must be positive seconds, got {segment}"));
+        }
+        if self.shifts > MAX_SHIFTS {
+            problems.push(format!(
+                "shifts must be at most {MAX_SHIFTS}, got {}",
+                self.shifts
+            ));
+        }
+        if self.stems.as_ref().is_some_and(Vec::is_empty) {
+            problems.push("stems must name at least one stem".to_owned());
+        }
+        if self.stems.is_some() && self.two_stems.is_some() {
+            problems.push("stems and two_stems cannot be combined".to_owned());
+        }
+        let output = &self.output;
+        if output.sample_format == SampleFormat::F32 && output.format != AudioFormat::Wav {
+            problems.push(format!(
+                "32-bit float samples need wav output, not {}",
+                output.format.extension()
+            ));
+        }
+        if output.clip == ClipMode::None
+            && !(output.format == AudioFormat::Wav && output.sample_format == SampleFormat::F32)
+        {
+            problems.push(
+                "clip mode none is only allowed for 32-bit float wav output (anything else would wrap or distort)"
+                    .to_owned(),
+            );
+        }
+        match output.mp3 {
+            Mp3Mode::Cbr(kbps) if !MP3_CBR_KBPS.contains(&kbps) => problems.push(format!(
+                "mp3 bitrate must be one of {MP3_CBR_KBPS:?} kbit/s, got {kbps}"
+            )),
+            Mp3Mode::Vbr(quality) if quality > 9 => problems.push(format!(
+                "mp3 VBR quality must be 0 (best) to 9, got {quality}"
+            )),
+            _ => {}
+        }
+        if let Some(url) = &self.callback_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!("callback_url must be an http(s) URL, got {url:?}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CodedError::new(
+                ErrorCode::InvalidOption,
+                problems.join("; "),
+            ))
+        }
+    }
+}
+
+/// More shifts than this buys nothing measurable and multiplies the run time.
+pub const MAX_SHIFTS: u32 = 20;
+
+/// The constant bit rates LAME offers in the 128–320 kbit/s range.
+pub const MP3_CBR_KBPS: [u16; 6] = [128, 160, 192, 224, 256, 320];
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            stems: None,
+            two_stems: None,
+            output: OutputFormat::default(),
+            segment: None,
+            overlap: default_overlap(),
+            shifts: 0,
+            callback_url: None,
+        }
+    }
 }
 
 fn default_overlap() -> f32 {
@@ -437,6 +526,36 @@ mod tests {
         assert!("../../etc/passwd".parse::<JobId>().is_err());
         let id = JobId::new_random();
         assert_eq!(id.as_str().parse::<JobId>().expect("parse"), id);
+    }
+
+    #[test]
+    fn default_options_are_valid_and_bad_ones_are_all_named() {
+        let ok = JobOptions {
+            model: "spleeter-2stems".into(),
+            ..JobOptions::default()
+        };
+        ok.validate().expect("defaults are valid");
+        let bad = JobOptions {
+            model: "m".into(),
+            overlap: 1.0,
+            segment: Some(-1.0),
+            output: OutputFormat {
+                format: AudioFormat::Mp3,
+                sample_format: SampleFormat::F32,
+                mp3: Mp3Mode::Cbr(100),
+                ..OutputFormat::default()
+            },
+            ..JobOptions::default()
+        };
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidOption);
+        for needle in ["overlap", "segment", "float", "bitrate"] {
+            assert!(
+                err.message.contains(needle),
+                "{needle} missing in {}",
+                err.message
+            );
+        }
     }
 
     #[test]
