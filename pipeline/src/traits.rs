@@ -30,6 +30,18 @@ pub enum BackendError {
     Events(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A storage key (or prefix) that is not a safe relative path: empty, absolute, with
+    /// `..` / `.` or empty segments.
+    #[error("invalid storage key {0:?}")]
+    InvalidKey(String),
+    /// A byte range that does not fit the object.
+    #[error("byte range {start}..{end} does not fit object {key:?} of {size} bytes")]
+    InvalidRange {
+        key: String,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
 }
 
 impl BackendError {
@@ -41,6 +53,7 @@ impl BackendError {
             Self::Queue(_) => ErrorCode::QueueUnavailable,
             Self::Events(_) => ErrorCode::EventsUnavailable,
             Self::Io(_) => ErrorCode::Io,
+            Self::InvalidKey(_) | Self::InvalidRange { .. } => ErrorCode::BadRequest,
         }
     }
 }
@@ -102,6 +115,16 @@ pub trait StageQueue: Send + Sync {
     ) -> Result<(), BackendError>;
     /// Depth of a stage (waiting + claimed-but-not-acked), for metrics and autoscaling.
     async fn depth(&self, stage: Stage) -> Result<QueueDepth, BackendError>;
+    /// Still working on it: restarts the visibility timeout of this claim, so a stage that
+    /// runs longer than the timeout is not claimed again by another consumer. The worker
+    /// calls it every third of the timeout. Returns `Conflict` if the delivery is no longer
+    /// this claimer's (it was reclaimed, acked or retried). Backends must override it (Redis:
+    /// `XCLAIM` of the entry to the same consumer with min-idle 0); the default does
+    /// nothing, which is only right for a queue without a visibility timeout.
+    async fn touch(&self, stage: Stage, delivery: &Delivery) -> Result<(), BackendError> {
+        let _ = (stage, delivery);
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -1,0 +1,193 @@
+//! In-process job records (embedded mode). The compare-and-set is the same contract the
+//! Redis backend implements with a Lua script.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+
+use crate::job::{Job, JobId, JobState};
+use crate::traits::{BackendError, JobStore};
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Record plus its creation sequence, which orders jobs created in the same millisecond.
+    jobs: HashMap<JobId, (u64, Job)>,
+    next_seq: u64,
+}
+
+/// The in-memory [`JobStore`]. Cheap to clone (shared state).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryJobStore {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl MemoryJobStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock means a panic mid-update elsewhere; every update below is a single
+    // insert, so the map is still consistent and is used as is.
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn create(&self, job: &Job) -> Result<(), BackendError> {
+        let mut inner = self.write();
+        if inner.jobs.contains_key(&job.id) {
+            return Err(BackendError::Conflict(format!("job {} exists", job.id)));
+        }
+        inner.next_seq += 1;
+        let seq = inner.next_seq;
+        inner.jobs.insert(job.id.clone(), (seq, job.clone()));
+        Ok(())
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, BackendError> {
+        Ok(self.read().jobs.get(id).map(|(_, job)| job.clone()))
+    }
+
+    async fn compare_and_set(
+        &self,
+        expected: JobState,
+        expected_attempt: u32,
+        next: &Job,
+    ) -> Result<(), BackendError> {
+        let mut inner = self.write();
+        let Some((_, current)) = inner.jobs.get_mut(&next.id) else {
+            return Err(BackendError::NotFound(format!("job {}", next.id)));
+        };
+        if current.state != expected || current.attempt != expected_attempt {
+            return Err(BackendError::Conflict(format!(
+                "job {} is {} attempt {}, expected {expected} attempt {expected_attempt}",
+                next.id, current.state, current.attempt
+            )));
+        }
+        *current = next.clone();
+        Ok(())
+    }
+
+    async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, BackendError> {
+        let inner = self.read();
+        let mut jobs: Vec<&(u64, Job)> = inner
+            .jobs
+            .values()
+            .filter(|(_, job)| job.tenant == tenant)
+            .collect();
+        jobs.sort_by(|(seq_a, a), (seq_b, b)| (b.created_ms, seq_b).cmp(&(a.created_ms, seq_a)));
+        Ok(jobs
+            .into_iter()
+            .take(limit)
+            .map(|(_, job)| job.clone())
+            .collect())
+    }
+
+    async fn delete(&self, id: &JobId) -> Result<(), BackendError> {
+        self.write().jobs.remove(id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobOptions;
+
+    #[tokio::test]
+    async fn create_refuses_duplicates() {
+        let store = MemoryJobStore::new();
+        let job = Job::new("t", "a.wav", JobOptions::default());
+        store.create(&job).await.unwrap();
+        assert!(matches!(
+            store.create(&job).await,
+            Err(BackendError::Conflict(_))
+        ));
+        assert_eq!(store.get(&job.id).await.unwrap(), Some(job));
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_checks_state_and_attempt() {
+        let store = MemoryJobStore::new();
+        let job = Job::new("t", "a.wav", JobOptions::default());
+        store.create(&job).await.unwrap();
+
+        let mut next = job.clone();
+        next.state = JobState::Decoding;
+        next.attempt = 1;
+        // Wrong state, then wrong attempt: nothing changes.
+        assert!(matches!(
+            store.compare_and_set(JobState::Decoding, 0, &next).await,
+            Err(BackendError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.compare_and_set(JobState::Queued, 1, &next).await,
+            Err(BackendError::Conflict(_))
+        ));
+        assert_eq!(
+            store.get(&job.id).await.unwrap().unwrap().state,
+            JobState::Queued
+        );
+
+        store
+            .compare_and_set(JobState::Queued, 0, &next)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&job.id).await.unwrap(), Some(next.clone()));
+        // The same move again loses: the record moved on.
+        assert!(
+            store
+                .compare_and_set(JobState::Queued, 0, &next)
+                .await
+                .is_err()
+        );
+
+        let unknown = Job::new("t", "b.wav", JobOptions::default());
+        assert!(matches!(
+            store.compare_and_set(JobState::Queued, 0, &unknown).await,
+            Err(BackendError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_is_per_tenant_newest_first() {
+        let store = MemoryJobStore::new();
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let mut job = Job::new("acme", format!("{n}.wav"), JobOptions::default());
+            // Some share a creation millisecond: creation order still decides.
+            job.created_ms = 1_000 + n / 2;
+            store.create(&job).await.unwrap();
+            ids.push(job.id);
+        }
+        store
+            .create(&Job::new("other", "x.wav", JobOptions::default()))
+            .await
+            .unwrap();
+        let listed: Vec<JobId> = store
+            .list("acme", 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|job| job.id)
+            .collect();
+        assert_eq!(listed, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+        assert_eq!(store.list("other", 10).await.unwrap().len(), 1);
+        assert!(store.list("nobody", 10).await.unwrap().is_empty());
+
+        store.delete(&ids[4]).await.unwrap();
+        assert_eq!(store.get(&ids[4]).await.unwrap(), None);
+        store.delete(&ids[4]).await.unwrap();
+    }
+}
