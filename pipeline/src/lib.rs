@@ -2,12 +2,15 @@
 //! (queue, blob store, job store, event bus) with their embedded backends, and the worker loop.
 
 pub mod audio;
+pub mod backends;
 pub mod error;
 pub mod job;
+pub mod resample;
 pub mod stage;
 pub mod traits;
 
 pub use audio::{Pcm, SourceInfo};
+pub use backends::{Backends, DeadLetter, LocalDirStore, LocalEvents, MemoryJobStore, MemoryQueue};
 pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
