@@ -235,7 +235,7 @@ fn aligned_delay(from_rate: u32, to_rate: u32) -> (usize, usize) {
     // Past this the ratio is too irregular to align cheaply: accept a sub-sample offset.
     const MAX_PRIMER: u64 = 4096;
     let primer = (0..=MAX_PRIMER)
-        .find(|k| ((half + k) * to) % from == 0)
+        .find(|k| ((half + k) * to).is_multiple_of(from))
         .unwrap_or(0);
     // Measured: output frame `j` is centred on input frame `(j + 1) * from / to - half`.
     let delay = (((half + primer) * to) / from).saturating_sub(1);
