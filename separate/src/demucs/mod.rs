@@ -1,0 +1,444 @@
+//! The `demucs` family: HTDemucs (v4) graphs exported without their STFT/iSTFT by
+//! `tools/demucs/export.py`. Rust does what Python does around the network, in the same
+//! order and with the same arithmetic:
+//! - `demucs.api.Separator`: normalise the mix by the mean / std of its mono sum, and undo it;
+//! - `demucs.apply.apply_model`: bags (per-source weights), shifts, split into overlapping
+//!   chunks ([`chunks`]) weighted by a transition triangle;
+//! - `HTDemucs.forward` around the graph: `_spec`/`_magnitude` and `_mask`/`_ispec` ([`spec`]),
+//!   and the sum of the frequency and time branches.
+//!
+//! Memory: chunks are normalised as they are read and their outputs added straight into the
+//! output stems with their final weight, so a run holds the input, the output and one batch
+//! of chunks — nothing else grows with the track's length.
+
+pub mod chunks;
+pub mod spec;
+
+use std::time::{Duration, Instant};
+
+use pipeline::ErrorCode;
+
+use crate::manifest::Manifest;
+use crate::runtime::{OnnxModel, RuntimeOptions};
+use crate::{Listener, SeparateError};
+use chunks::{Chunk, ChunkPlan, ShiftRng, read_padded};
+use spec::{HtSpec, SpecScratch};
+
+/// How `apply_model` is called (the defaults are `demucs.separate`'s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemucsOptions {
+    /// Seconds per chunk; `None`: the model's segment. May not exceed it (HTDemucs cannot).
+    pub segment: Option<f64>,
+    /// Fraction of a chunk overlapping the next, `[0, 1)`.
+    pub overlap: f64,
+    /// Random time shifts averaged; 0 = none (the only setting that matches Python exactly:
+    /// the offsets come from a seeded generator, not Python's `random`).
+    pub shifts: usize,
+    pub seed: u64,
+    /// `transition_power` of the chunk weights, ≥ 1.
+    pub transition_power: f64,
+    /// Chunks per graph run (the batch axis is dynamic). 1 on a CPU; more on a GPU.
+    pub batch_size: usize,
+}
+
+impl Default for DemucsOptions {
+    fn default() -> Self {
+        Self {
+            segment: None,
+            overlap: 0.25,
+            shifts: 0,
+            seed: 0,
+            transition_power: 1.0,
+            batch_size: 1,
+        }
+    }
+}
+
+impl DemucsOptions {
+    /// From the family-independent options. The f32 values go through their shortest decimal
+    /// form so that `0.7` means Python's `0.7` (and `int(0.7 * 44100)` is 30870, not 30869).
+    pub fn from_separate(options: &crate::SeparateOptions) -> Self {
+        let decimal = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+        Self {
+            segment: options.segment.map(decimal),
+            overlap: decimal(options.overlap),
+            shifts: options.shifts as usize,
+            seed: options.seed,
+            ..Self::default()
+        }
+    }
+}
+
+/// Where the time of a run went (summed over chunks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DemucsTimings {
+    /// Reading + normalising chunks, `_spec` and `_ispec`.
+    pub stft: Duration,
+    /// The graph runs.
+    pub model: Duration,
+    /// Weighting the chunk outputs into the stems, and the final de-normalisation.
+    pub overlap_add: Duration,
+    /// Chunks run (over every model of the bag and every shift).
+    pub chunks: usize,
+}
+
+/// One graph of the bag and its per-source weights.
+#[derive(Debug)]
+struct BagMember {
+    graph: OnnxModel,
+    weights: Vec<f32>,
+}
+
+/// A loaded Demucs model (one graph, or a bag of graphs with per-source weights).
+#[derive(Debug)]
+pub struct DemucsModel {
+    name: String,
+    sources: usize,
+    channels: usize,
+    sample_rate: u32,
+    /// The chunk length every graph was exported for (`int(segment * samplerate)`).
+    segment_samples: usize,
+    spec: HtSpec,
+    members: Vec<BagMember>,
+    /// `totals[k]` of `apply_model`'s bag branch: the sum of source k's weights.
+    totals: Vec<f32>,
+}
+
+fn model_error(name: &str, message: impl Into<String>) -> SeparateError {
+    SeparateError::Model {
+        model: name.to_string(),
+        message: message.into(),
+    }
+}
+
+fn invalid(message: String) -> SeparateError {
+    SeparateError::InvalidOption(message)
+}
+
+impl DemucsModel {
+    pub fn load(manifest: &Manifest, options: &RuntimeOptions) -> Result<Self, SeparateError> {
+        let name = &manifest.name;
+        let bad = |message: String| model_error(name, message);
+        let segment_samples = match manifest.demucs.as_ref().and_then(|t| t.get("segment_samples")) {
+            Some(value) => value
+                .as_integer()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| bad(format!("[demucs] segment_samples must be a count, got {value}")))?,
+            None => {
+                let segment = manifest
+                    .segment
+                    .ok_or_else(|| bad("a demucs manifest needs `segment` or [demucs] segment_samples".into()))?;
+                (f64::from(segment) * f64::from(manifest.sample_rate)) as usize
+            }
+        };
+        let stft = &manifest.stft;
+        if !(stft.center && stft.normalized && stft.pad_mode == crate::stft::PadMode::Reflect) {
+            return Err(bad(
+                "HTDemucs's STFT is centred, reflect-padded and normalized; the manifest says otherwise"
+                    .into(),
+            ));
+        }
+        let spec = HtSpec::new(stft.n_fft, stft.hop, segment_samples).map_err(|e| bad(e.to_string()))?;
+        let sources = manifest.sources.len();
+        let mut members = Vec::with_capacity(manifest.files.len());
+        for file in &manifest.files {
+            let weights = file.weights.clone().unwrap_or_else(|| vec![1.0; sources]);
+            let graph = OnnxModel::load(&manifest.file_path(file), options)?;
+            if graph.input_names().len() != 2 || graph.output_names().len() != 2 {
+                return Err(bad(format!(
+                    "{} is not an exported HTDemucs core (inputs mix, spec; outputs spec_out, wave_out)",
+                    graph.path().display()
+                )));
+            }
+            members.push(BagMember { graph, weights });
+        }
+        let totals: Vec<f32> = (0..sources)
+            .map(|k| members.iter().map(|m| m.weights[k]).sum())
+            .collect();
+        if let Some(k) = totals.iter().position(|&t| !(t.is_finite() && t > 0.0)) {
+            return Err(bad(format!(
+                "the bag weights of source {:?} sum to {}; every source needs a positive total",
+                manifest.sources[k], totals[k]
+            )));
+        }
+        Ok(Self {
+            name: name.clone(),
+            sources,
+            channels: manifest.audio_channels,
+            sample_rate: manifest.sample_rate,
+            segment_samples,
+            spec,
+            members,
+            totals,
+        })
+    }
+
+    /// Chunk length for `options`: `int(segment * samplerate)`, at most the graph's.
+    fn segment_length(&self, options: &DemucsOptions) -> Result<usize, SeparateError> {
+        let Some(segment) = options.segment else {
+            return Ok(self.segment_samples);
+        };
+        let samples = (segment * f64::from(self.sample_rate)) as usize;
+        let model_seconds = self.segment_samples as f64 / f64::from(self.sample_rate);
+        if !(segment.is_finite() && segment > 0.0) || samples == 0 {
+            return Err(invalid(format!("segment must be positive, got {segment}")));
+        }
+        if samples > self.segment_samples {
+            return Err(invalid(format!(
+                "segment {segment} s is longer than model {}'s {model_seconds} s; HTDemucs cannot run longer chunks",
+                self.name
+            )));
+        }
+        Ok(samples)
+    }
+
+    fn check(&self, channels: &[Vec<f32>], options: &DemucsOptions) -> Result<usize, SeparateError> {
+        if !(options.overlap.is_finite() && (0.0..1.0).contains(&options.overlap)) {
+            return Err(invalid(format!("overlap must be in [0, 1), got {}", options.overlap)));
+        }
+        if !(options.transition_power >= 1.0 && options.transition_power.is_finite()) {
+            return Err(invalid(format!(
+                "transition_power must be ≥ 1, got {}",
+                options.transition_power
+            )));
+        }
+        if options.batch_size == 0 {
+            return Err(invalid("batch_size must be at least 1".into()));
+        }
+        if channels.len() != self.channels {
+            return Err(SeparateError::Input {
+                code: ErrorCode::InvalidOption,
+                message: format!("model {} takes {} channels, got {}", self.name, self.channels, channels.len()),
+            });
+        }
+        let frames = channels.first().map_or(0, Vec::len);
+        if frames == 0 || channels.iter().any(|c| c.len() != frames) {
+            return Err(SeparateError::Input {
+                code: ErrorCode::EmptyInput,
+                message: "the audio is empty or its channels differ in length".into(),
+            });
+        }
+        Ok(frames)
+    }
+
+    /// Separates planar `channels` (the model's channel count and rate) into every source,
+    /// in manifest order, each planar and as long as the input.
+    pub fn separate(
+        &self,
+        channels: &[Vec<f32>],
+        options: &DemucsOptions,
+        listener: &mut dyn Listener,
+    ) -> Result<Vec<Vec<Vec<f32>>>, SeparateError> {
+        self.separate_timed(channels, options, listener).map(|(stems, _)| stems)
+    }
+
+    /// [`DemucsModel::separate`], also saying where the time went.
+    pub fn separate_timed(
+        &self,
+        channels: &[Vec<f32>],
+        options: &DemucsOptions,
+        listener: &mut dyn Listener,
+    ) -> Result<(Vec<Vec<Vec<f32>>>, DemucsTimings), SeparateError> {
+        let frames = self.check(channels, options)?;
+        let segment_length = self.segment_length(options)?;
+        let plan = ChunkPlan::new(segment_length, options.overlap, options.transition_power);
+        let (mean, std) = normalisation(channels);
+
+        // Every chunk of every shift of every bag member, in apply_model's order.
+        let max_shift = (0.5 * f64::from(self.sample_rate)) as usize;
+        let mut rng = ShiftRng::new(options.seed);
+        let mut work: Vec<Vec<Chunk>> = Vec::with_capacity(self.members.len());
+        for _ in &self.members {
+            let mut member_chunks = Vec::new();
+            let passes: Vec<(isize, usize)> = if options.shifts == 0 {
+                vec![(0, frames)]
+            } else {
+                (0..options.shifts)
+                    .map(|_| {
+                        let offset = rng.inclusive(max_shift);
+                        (offset as isize - max_shift as isize, frames + max_shift - offset)
+                    })
+                    .collect()
+            };
+            for (origin, length) in passes {
+                member_chunks.extend(plan.offsets(length).map(|offset| Chunk::new(&plan, origin, length, offset)));
+            }
+            work.push(member_chunks);
+        }
+        let total: usize = work.iter().map(Vec::len).sum();
+        let shift_scale = 1.0 / options.shifts.max(1) as f32;
+
+        let mut stems = vec![vec![vec![0.0f32; frames]; self.channels]; self.sources];
+        let mut runner = ChunkRunner::new(self, options.batch_size);
+        let mut timings = DemucsTimings::default();
+        let mut done = 0;
+        listener.progress(0, total);
+        for (member, member_chunks) in self.members.iter().zip(&work) {
+            // Final weight of each source from this member: bag weight / total, × std.
+            let source_scale: Vec<f32> = (0..self.sources)
+                .map(|k| member.weights[k] / self.totals[k] * shift_scale * std)
+                .collect();
+            for batch in member_chunks.chunks(options.batch_size) {
+                if listener.cancelled() {
+                    return Err(SeparateError::Cancelled);
+                }
+                runner.run(member, batch, channels, (mean, std), &mut timings)?;
+                let started = Instant::now();
+                for (index, chunk) in batch.iter().enumerate() {
+                    runner.accumulate(index, chunk, &plan, &source_scale, &mut stems);
+                }
+                timings.overlap_add += started.elapsed();
+                done += batch.len();
+                timings.chunks += batch.len();
+                listener.progress(done, total);
+            }
+        }
+        let started = Instant::now();
+        for sample in stems.iter_mut().flatten().flatten() {
+            *sample += mean;
+        }
+        timings.overlap_add += started.elapsed();
+        tracing::debug!(model = %self.name, ?timings, "demucs separation done");
+        Ok((stems, timings))
+    }
+}
+
+/// `demucs.api.Separator`'s normalisation: mean and (unbiased) std of the mono sum, + 1e-8.
+fn normalisation(channels: &[Vec<f32>]) -> (f32, f32) {
+    let frames = channels[0].len();
+    let count = channels.len() as f64;
+    let mono = |i: usize| channels.iter().map(|c| f64::from(c[i])).sum::<f64>() / count;
+    let mean = (0..frames).map(mono).sum::<f64>() / frames as f64;
+    let variance = if frames > 1 {
+        (0..frames).map(|i| (mono(i) - mean).powi(2)).sum::<f64>() / (frames - 1) as f64
+    } else {
+        f64::NAN // torch's std of one sample
+    };
+    (mean as f32, (variance.sqrt() as f32) + 1e-8)
+}
+
+/// Buffers for one batch of chunks, reused across batches.
+struct ChunkRunner<'a> {
+    model: &'a DemucsModel,
+    mix: Vec<f32>,
+    spec: Vec<f32>,
+    scratch: SpecScratch,
+    /// Per chunk of the batch, per source and channel: the summed branches, `segment_samples` long.
+    outputs: Vec<f32>,
+    branch: Vec<f32>,
+    batch_capacity: usize,
+}
+
+impl<'a> ChunkRunner<'a> {
+    fn new(model: &'a DemucsModel, batch_capacity: usize) -> Self {
+        Self {
+            model,
+            mix: Vec::new(),
+            spec: Vec::new(),
+            scratch: SpecScratch::default(),
+            outputs: Vec::new(),
+            branch: vec![0.0; model.segment_samples],
+            batch_capacity,
+        }
+    }
+
+    fn run(
+        &mut self,
+        member: &BagMember,
+        batch: &[Chunk],
+        input: &[Vec<f32>],
+        (mean, std): (f32, f32),
+        timings: &mut DemucsTimings,
+    ) -> Result<(), SeparateError> {
+        let model = self.model;
+        let (channels, sources, length) = (model.channels, model.sources, model.segment_samples);
+        let (bins, frames) = (model.spec.bins(), model.spec.frames());
+        let plane = bins * frames;
+        let batch_len = batch.len().min(self.batch_capacity);
+        let started = Instant::now();
+        self.mix.clear();
+        self.mix.resize(batch_len * channels * length, 0.0);
+        self.spec.clear();
+        self.spec.resize(batch_len * channels * 2 * plane, 0.0);
+        let stft_error = |e: crate::stft::StftError| model_error(&model.name, e.to_string());
+        for (b, chunk) in batch.iter().enumerate() {
+            for (c, signal) in input.iter().enumerate() {
+                let row = &mut self.mix[(b * channels + c) * length..][..length];
+                // TensorChunk.padded(valid_length), then HTDemucs.forward's zero padding up to
+                // the training length (the tail of `row` stays zero).
+                read_padded(signal, chunk.read_start, &mut row[..chunk.read_length], |x| (x - mean) / std);
+                let planes = &mut self.spec[(b * channels + c) * 2 * plane..][..2 * plane];
+                let (re, im) = planes.split_at_mut(plane);
+                model.spec.forward(row, re, im, &mut self.scratch).map_err(stft_error)?;
+            }
+        }
+        timings.stft += started.elapsed();
+
+        let started = Instant::now();
+        let outputs = member.graph.run(&[
+            (&[batch_len, channels, length], &self.mix),
+            (&[batch_len, channels * 2, bins, frames], &self.spec),
+        ])?;
+        timings.model += started.elapsed();
+        let [spec_out, wave_out] = outputs.as_slice() else {
+            return Err(model_error(&model.name, format!("the graph gave {} outputs, not 2", outputs.len())));
+        };
+        let want_spec = [batch_len, sources, channels * 2, bins, frames];
+        let want_wave = [batch_len, sources, channels, length];
+        if spec_out.shape != want_spec || wave_out.shape != want_wave {
+            return Err(model_error(
+                &model.name,
+                format!(
+                    "the graph gave shapes {:?} and {:?}, expected {want_spec:?} and {want_wave:?}",
+                    spec_out.shape, wave_out.shape
+                ),
+            ));
+        }
+
+        let started = Instant::now();
+        self.outputs.clear();
+        self.outputs.resize(batch_len * sources * channels * length, 0.0);
+        for (index, out) in self.outputs.chunks_exact_mut(length).enumerate() {
+            // index = (b * sources + s) * channels + c; cac planes 2c and 2c + 1 of source s.
+            let planes = &spec_out.data[index * 2 * plane..][..2 * plane];
+            let (re, im) = planes.split_at(plane);
+            model.spec.inverse(re, im, &mut self.branch, &mut self.scratch).map_err(stft_error)?;
+            let wave = &wave_out.data[index * length..][..length];
+            for ((o, x), xt) in out.iter_mut().zip(&self.branch).zip(wave) {
+                *o = xt + x;
+            }
+        }
+        timings.stft += started.elapsed();
+        Ok(())
+    }
+
+    /// Adds chunk `index` of the last batch into `stems`: `center_trim`, the transition weight
+    /// divided by the pass's summed weight, and the source's final scale.
+    fn accumulate(
+        &self,
+        index: usize,
+        chunk: &Chunk,
+        plan: &ChunkPlan,
+        source_scale: &[f32],
+        stems: &mut [Vec<Vec<f32>>],
+    ) {
+        let model = self.model;
+        let (channels, length) = (model.channels, model.segment_samples);
+        // Kept samples that land inside the mix (a shifted pass starts before it): p ≥ first.
+        let first = usize::try_from(-chunk.output_start).unwrap_or(0).min(chunk.length);
+        let at = |p: usize| (chunk.output_start + p as isize) as usize;
+        let factors: Vec<f32> = (first..chunk.length)
+            .map(|p| plan.weight[p] / plan.sum_weight(chunk.pass_length, chunk.pass_offset + p))
+            .collect();
+        for (s, stem) in stems.iter_mut().enumerate() {
+            for (c, out) in stem.iter_mut().enumerate() {
+                let row = &self.outputs[((index * model.sources + s) * channels + c) * length..][..length];
+                let kept = &row[chunk.trim_start..chunk.trim_start + chunk.length];
+                let scale = source_scale[s];
+                for (p, factor) in (first..chunk.length).zip(&factors) {
+                    out[at(p)] += scale * factor * kept[p];
+                }
+            }
+        }
+    }
+}
