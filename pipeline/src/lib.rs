@@ -8,6 +8,7 @@ pub mod job;
 pub mod resample;
 pub mod stage;
 pub mod traits;
+pub mod worker;
 
 pub use audio::{Pcm, SourceInfo};
 pub use backends::{Backends, DeadLetter, LocalDirStore, LocalEvents, MemoryJobStore, MemoryQueue};
@@ -15,3 +16,4 @@ pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
 pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue};
+pub use worker::{Outcome, Worker, WorkerSettings, cancel, submit, wait_until_finished};

@@ -1,0 +1,928 @@
+//! The worker loop (DESIGN.md "The flow"): claim → run the stage → write outputs → move the
+//! record (compare-and-set) → enqueue the next stage → ack. Plus the two record moves that
+//! start and stop jobs from outside a stage: [`submit`] and [`cancel`].
+//!
+//! How the record says where a job is: a job waiting for stage S is in S's
+//! [`Stage::entry_state`] — `queued` for decode, else the previous stage's running state with
+//! that stage's `finished_ms` set. While S runs (or after it crashed mid-way) the job is in
+//! S's running state with `finished_ms` unset and `attempt` = the delivery that runs it. So
+//! every delivery can tell, from the record alone, whether to start, resume, skip a duplicate,
+//! or re-enqueue the next stage because the process died between the record move and the
+//! enqueue — any step may be the last before a crash and the job still finishes once.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::Backends;
+use crate::error::{CodedError, ErrorCode};
+use crate::job::{Job, JobId, JobState, Stage, keys, now_ms};
+use crate::stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
+use crate::traits::{
+    BackendError, ByteStream, Delivery, EventKind, JobEvent, Progress, PutOutcome, StageMessage,
+};
+
+/// How a worker claims, retries and gives up. [`crate::config::WorkerConfig`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Deliveries of one stage of one job before it is dead-lettered and the job failed.
+    pub max_attempts: u32,
+    /// Must match the queue's: the worker touches its claim every third of it.
+    pub visibility_timeout: Duration,
+    /// Delay before the first retry; doubled per attempt (with jitter) up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long one claim call waits for a message.
+    pub claim_wait: Duration,
+    /// This worker's name on the queue (Redis consumer name).
+    pub consumer: String,
+    /// How often the record is re-read while a stage runs, to notice a cancelled job even
+    /// when its event was missed.
+    pub cancel_poll: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            visibility_timeout: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            claim_wait: Duration::from_secs(5),
+            consumer: default_consumer_name(),
+            cancel_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `{hostname}-{pid}`: unique per process, stable for its life.
+pub fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "msaas".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+impl WorkerSettings {
+    /// Delay before delivery `attempt + 1`: `base * 2^(attempt-1)` capped at `max`, then
+    /// between half and all of it at random, so failed jobs do not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        let capped = self
+            .backoff_base
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max);
+        let jitter = (RandomState::new().build_hasher().finish() % 1_000) as f64 / 1_000.0;
+        capped.mul_f64(0.5 + 0.5 * jitter)
+    }
+}
+
+/// What one delivery came to.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The stage ran and the next stage was enqueued.
+    Advanced { next: Stage },
+    /// The last stage ran: the job is done.
+    Done,
+    /// The stage failed permanently, or ran out of attempts: the job failed.
+    Failed(CodedError),
+    /// Transient failure: delivered again after `delay`.
+    Retrying { delay: Duration, error: CodedError },
+    /// The job was cancelled; the message is acked.
+    Cancelled,
+    /// Shutdown while the stage ran: the message is given back for another worker.
+    Released,
+    /// Nothing to do (acked): no record, a finished job, a duplicate or stale delivery.
+    Skipped(&'static str),
+    /// Another delivery of the same message owns the record now; this one leaves it alone.
+    Superseded,
+}
+
+/// What a delivery should do, judged from the record alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Run the stage (first time, or again after a crash / transient failure).
+    Start,
+    Terminal,
+    /// The record has not reached this stage (a stray message).
+    NotReached,
+    /// A later stage already picked the job up.
+    AlreadyPast,
+    /// This stage finished but the next has not started: the process may have died between
+    /// the record move and enqueueing the next stage, so enqueue it again.
+    AlreadyDone,
+    /// Another delivery at least as recent runs (or ran) this stage.
+    Duplicate,
+}
+
+fn position(state: JobState) -> u8 {
+    match state {
+        JobState::Queued => 0,
+        JobState::Decoding => 1,
+        JobState::Separating => 2,
+        JobState::Encoding => 3,
+        JobState::Done | JobState::Failed | JobState::Cancelled => 4,
+    }
+}
+
+fn stage_finished(job: &Job, stage: Stage) -> bool {
+    job.stages
+        .get(&stage)
+        .is_some_and(|times| times.finished_ms.is_some())
+}
+
+fn previous(stage: Stage) -> Option<Stage> {
+    Stage::ALL.into_iter().find(|s| s.next() == Some(stage))
+}
+
+fn disposition(job: &Job, stage: Stage, attempt: u32) -> Disposition {
+    if job.state.is_terminal() {
+        return Disposition::Terminal;
+    }
+    let here = position(stage.running_state());
+    let now = position(job.state);
+    if now > here {
+        Disposition::AlreadyPast
+    } else if now == here {
+        if stage_finished(job, stage) {
+            Disposition::AlreadyDone
+        } else if attempt <= job.attempt {
+            Disposition::Duplicate
+        } else {
+            Disposition::Start
+        }
+    } else if job.state == stage.entry_state()
+        && previous(stage).is_none_or(|prev| stage_finished(job, prev))
+    {
+        Disposition::Start
+    } else {
+        Disposition::NotReached
+    }
+}
+
+/// Publishes an event; publishing is best effort (the record is the truth).
+async fn publish(backends: &Backends, kind: EventKind, job: &Job, stage: Option<Stage>) {
+    let event = JobEvent {
+        kind,
+        job_id: job.id.clone(),
+        stage,
+        progress: None,
+        job: Some(job.clone()),
+        at_ms: now_ms(),
+    };
+    if let Err(err) = backends.events.publish(&event).await {
+        tracing::warn!(job = %job.id, kind = kind.as_str(), %err, "event not published");
+    }
+}
+
+/// Turns a stage's progress reports into `progress` events without blocking the stage.
+struct EventProgress {
+    sender: mpsc::UnboundedSender<Progress>,
+}
+
+impl ProgressSink for EventProgress {
+    fn report(&self, progress: Progress) {
+        // The receiver only goes away after the stage returned; a late report is moot.
+        let _ = self.sender.send(progress);
+    }
+}
+
+/// Runs one stage: claims its messages and drives the records. Cheap to clone; run several
+/// for parallelism.
+#[derive(Clone)]
+pub struct Worker {
+    backends: Backends,
+    handler: Arc<dyn StageHandler>,
+    settings: WorkerSettings,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("stage", &self.handler.stage())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub fn new(
+        backends: Backends,
+        handler: Arc<dyn StageHandler>,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            backends,
+            handler,
+            settings,
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.handler.stage()
+    }
+
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.settings
+    }
+
+    /// Claims and processes messages until `shutdown` is cancelled. A stage running at
+    /// shutdown is cancelled and its message given back, to be resumed by another worker.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let stage = self.stage();
+        tracing::info!(%stage, consumer = %self.settings.consumer, "worker started");
+        let mut consecutive_errors: u32 = 0;
+        while !shutdown.is_cancelled() {
+            let claimed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                claimed = self.backends.queue.claim(stage, &self.settings.consumer, self.settings.claim_wait) => claimed,
+            };
+            let delivery = match claimed {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => continue,
+                Err(err) => {
+                    consecutive_errors = consecutive_errors.saturating_add(1);
+                    let delay = self.settings.backoff(consecutive_errors);
+                    tracing::warn!(%stage, %err, ?delay, "claim failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            consecutive_errors = 0;
+            let job = delivery.message.job_id.clone();
+            match self.process_one(&delivery, &shutdown).await {
+                Ok(outcome) => tracing::debug!(%stage, %job, ?outcome, "delivery processed"),
+                Err(err) => {
+                    // The bookkeeping failed (record or queue unreachable): give the message
+                    // back; if even that fails, the visibility timeout brings it back.
+                    let delay = self.settings.backoff(delivery.attempt);
+                    tracing::warn!(%stage, %job, %err, ?delay, "delivery failed; will retry");
+                    if let Err(err) = self.backends.queue.retry(stage, &delivery, delay).await {
+                        tracing::warn!(%stage, %job, %err, "could not give the message back");
+                    }
+                }
+            }
+        }
+        tracing::info!(%stage, consumer = %self.settings.consumer, "worker stopped");
+    }
+
+    /// Processes one claimed delivery to the end (ack, retry, dead-letter or release).
+    /// `Err` means a backend failed on the way; the message is then neither acked nor
+    /// given back, and every step taken so far is safe to repeat.
+    pub async fn process_one(
+        &self,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, BackendError> {
+        let stage = self.stage();
+        let queue = &self.backends.queue;
+        let jobs = &self.backends.jobs;
+        let id = &delivery.message.job_id;
+
+        // Find out what to do, and move the record into this stage's running state.
+        let mut attempts_left = 3;
+        let running = loop {
+            let Some(job) = jobs.get(id).await? else {
+                tracing::warn!(%stage, job = %id, "message for a job without a record dropped");
+                queue.ack(stage, delivery).await?;
+                return Ok(Outcome::Skipped("no record"));
+            };
+            let skipped = match disposition(&job, stage, delivery.attempt) {
+                Disposition::Start => None,
+                Disposition::Terminal => Some("job already finished"),
+                Disposition::AlreadyPast => Some("a later stage has the job"),
+                Disposition::Duplicate => Some("duplicate delivery"),
+                Disposition::NotReached => {
+                    tracing::warn!(%stage, job = %id, state = %job.state, "message for a job not at this stage dropped");
+                    Some("job not at this stage")
+                }
+                Disposition::AlreadyDone => {
+                    if let Some(next) = stage.next() {
+                        queue.enqueue(next, self.next_message(delivery)).await?;
+                    }
+                    Some("stage already done; next stage enqueued again")
+                }
+            };
+            if let Some(reason) = skipped {
+                queue.ack(stage, delivery).await?;
+                return Ok(Outcome::Skipped(reason));
+            }
+            if delivery.attempt > self.settings.max_attempts {
+                // Delivered that often without ever finishing: each claimer died or hung.
+                let error = CodedError::new(
+                    ErrorCode::AttemptsExhausted,
+                    format!(
+                        "{stage} was claimed {} times without finishing (worker died or exceeded the visibility timeout)",
+                        delivery.attempt - 1
+                    ),
+                );
+                return self.exhaust(job, delivery, error).await;
+            }
+            let mut running = job.clone();
+            running.state = stage.running_state();
+            running.attempt = delivery.attempt;
+            running.updated_ms = now_ms();
+            let times = running.stages.entry(stage).or_default();
+            times.started_ms = Some(running.updated_ms);
+            times.finished_ms = None;
+            match jobs.compare_and_set(job.state, job.attempt, &running).await {
+                Ok(()) => break running,
+                Err(BackendError::Conflict(_)) if attempts_left > 1 => attempts_left -= 1,
+                Err(err) => return Err(err),
+            }
+        };
+        publish(
+            &self.backends,
+            EventKind::StageStarted,
+            &running,
+            Some(stage),
+        )
+        .await;
+        tracing::info!(%stage, job = %id, attempt = delivery.attempt, "stage started");
+
+        let result = self.run_handler(&running, delivery, shutdown).await;
+
+        // The job may have been cancelled while the stage ran: then nothing it did counts.
+        let current = jobs.get(id).await?;
+        let Some(current) = current else {
+            queue.ack(stage, delivery).await?;
+            return Ok(Outcome::Skipped("record deleted while the stage ran"));
+        };
+        if current.state == JobState::Cancelled {
+            queue.ack(stage, delivery).await?;
+            tracing::info!(%stage, job = %id, "job cancelled while the stage ran");
+            return Ok(Outcome::Cancelled);
+        }
+        if current.state != running.state || current.attempt != running.attempt {
+            return Ok(Outcome::Superseded);
+        }
+
+        match result {
+            Ok(output) => self.finish(running, delivery, output).await,
+            Err(_) if shutdown.is_cancelled() => {
+                queue.retry(stage, delivery, Duration::ZERO).await?;
+                tracing::info!(%stage, job = %id, "shutdown: stage interrupted, message given back");
+                Ok(Outcome::Released)
+            }
+            Err(StageError(error)) if error.code.is_transient() => {
+                if delivery.attempt >= self.settings.max_attempts {
+                    let exhausted = CodedError::new(
+                        ErrorCode::AttemptsExhausted,
+                        format!(
+                            "{stage} failed {} times; last error: {error}",
+                            delivery.attempt
+                        ),
+                    );
+                    return self.exhaust(running, delivery, exhausted).await;
+                }
+                let delay = self.settings.backoff(delivery.attempt);
+                tracing::warn!(%stage, job = %id, attempt = delivery.attempt, %error, ?delay, "stage failed; retrying");
+                publish(&self.backends, EventKind::Retrying, &running, Some(stage)).await;
+                queue.retry(stage, delivery, delay).await?;
+                Ok(Outcome::Retrying { delay, error })
+            }
+            Err(StageError(error)) => {
+                tracing::warn!(%stage, job = %id, %error, "stage failed permanently");
+                match self.fail(running, error.clone()).await? {
+                    Some(_) => {
+                        queue.ack(stage, delivery).await?;
+                        Ok(Outcome::Failed(error))
+                    }
+                    None => self.after_lost_race(delivery).await,
+                }
+            }
+        }
+    }
+
+    /// Runs the handler with a progress sink and a cancellation token that fires on
+    /// shutdown or when the job is cancelled; keeps the claim alive meanwhile.
+    async fn run_handler(
+        &self,
+        job: &Job,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<StageOutput, StageError> {
+        let stage = self.stage();
+        let cancel = shutdown.child_token();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
+        let ctx = StageContext {
+            store: self.backends.store.clone(),
+            progress: Arc::new(EventProgress { sender }),
+            cancel: cancel.clone(),
+        };
+
+        let forwarder = {
+            let events = self.backends.events.clone();
+            let id = job.id.clone();
+            tokio::spawn(async move {
+                while let Some(progress) = receiver.recv().await {
+                    let event = JobEvent {
+                        kind: EventKind::Progress,
+                        job_id: id.clone(),
+                        stage: Some(stage),
+                        progress: Some(progress),
+                        job: None,
+                        at_ms: now_ms(),
+                    };
+                    if let Err(err) = events.publish(&event).await {
+                        tracing::debug!(job = %id, %err, "progress event not published");
+                    }
+                }
+            })
+        };
+
+        let watcher_stop = CancellationToken::new();
+        let watcher = tokio::spawn(watch_claim(
+            self.backends.clone(),
+            self.settings.clone(),
+            stage,
+            delivery.clone(),
+            job.id.clone(),
+            cancel.clone(),
+            watcher_stop.clone(),
+        ));
+
+        let result = self.handler.run(job, &ctx).await;
+
+        watcher_stop.cancel();
+        if let Err(err) = watcher.await {
+            tracing::warn!(%stage, job = %job.id, %err, "claim watcher ended abnormally");
+        }
+        drop(ctx);
+        // Let queued progress out before the stage's finish event; a handler that kept a
+        // copy of its context alive must not hold the worker up.
+        let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
+        result
+    }
+
+    /// Applies the stage's output, moves the record on, enqueues the next stage, acks.
+    async fn finish(
+        &self,
+        running: Job,
+        delivery: &Delivery,
+        output: StageOutput,
+    ) -> Result<Outcome, BackendError> {
+        let stage = self.stage();
+        let mut finished = running.clone();
+        if let Some(source) = output.source {
+            finished.source = Some(source);
+        }
+        if !output.stems.is_empty() {
+            finished.stems = output.stems;
+        }
+        finished.results.extend(output.results);
+        finished.updated_ms = now_ms();
+        finished.stages.entry(stage).or_default().finished_ms = Some(finished.updated_ms);
+        let next = stage.next();
+        if next.is_none() {
+            finished.state = JobState::Done;
+        }
+        match self
+            .backends
+            .jobs
+            .compare_and_set(running.state, running.attempt, &finished)
+            .await
+        {
+            Ok(()) => {}
+            Err(BackendError::Conflict(_)) => return self.after_lost_race(delivery).await,
+            Err(err) => return Err(err),
+        }
+        tracing::info!(%stage, job = %finished.id, "stage finished");
+        publish(
+            &self.backends,
+            EventKind::StageFinished,
+            &finished,
+            Some(stage),
+        )
+        .await;
+        let outcome = match next {
+            Some(next) => {
+                self.backends
+                    .queue
+                    .enqueue(next, self.next_message(delivery))
+                    .await?;
+                Outcome::Advanced { next }
+            }
+            None => {
+                publish(&self.backends, EventKind::Done, &finished, None).await;
+                Outcome::Done
+            }
+        };
+        self.backends.queue.ack(stage, delivery).await?;
+        Ok(outcome)
+    }
+
+    /// Fails the job with `error` and dead-letters the message — in that order, so a crash
+    /// in between leaves a failed job whose redelivered message is simply acked.
+    async fn exhaust(
+        &self,
+        job: Job,
+        delivery: &Delivery,
+        error: CodedError,
+    ) -> Result<Outcome, BackendError> {
+        let stage = self.stage();
+        tracing::warn!(%stage, job = %job.id, %error, "attempts exhausted; dead-lettering");
+        if self.fail(job, error.clone()).await?.is_none() {
+            return self.after_lost_race(delivery).await;
+        }
+        self.backends
+            .queue
+            .dead_letter(stage, delivery, &error)
+            .await?;
+        Ok(Outcome::Failed(error))
+    }
+
+    /// Moves `job` (as last read) to `failed`; `None` if the record moved meanwhile.
+    async fn fail(&self, job: Job, error: CodedError) -> Result<Option<Job>, BackendError> {
+        let mut failed = job.clone();
+        failed.state = JobState::Failed;
+        failed.error = Some(error);
+        failed.updated_ms = now_ms();
+        match self
+            .backends
+            .jobs
+            .compare_and_set(job.state, job.attempt, &failed)
+            .await
+        {
+            Ok(()) => {
+                publish(
+                    &self.backends,
+                    EventKind::Failed,
+                    &failed,
+                    Some(self.stage()),
+                )
+                .await;
+                Ok(Some(failed))
+            }
+            Err(BackendError::Conflict(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The record moved under us: cancelled or finished (ack), or taken over by a newer
+    /// delivery of this message (leave the message to it).
+    async fn after_lost_race(&self, delivery: &Delivery) -> Result<Outcome, BackendError> {
+        let stage = self.stage();
+        match self.backends.jobs.get(&delivery.message.job_id).await? {
+            Some(job) if job.state == JobState::Cancelled => {
+                self.backends.queue.ack(stage, delivery).await?;
+                Ok(Outcome::Cancelled)
+            }
+            Some(job) if !job.state.is_terminal() => Ok(Outcome::Superseded),
+            _ => {
+                self.backends.queue.ack(stage, delivery).await?;
+                Ok(Outcome::Skipped("job already finished"))
+            }
+        }
+    }
+
+    fn next_message(&self, delivery: &Delivery) -> StageMessage {
+        StageMessage {
+            job_id: delivery.message.job_id.clone(),
+            traceparent: delivery.message.traceparent.clone(),
+        }
+    }
+}
+
+/// While a stage runs: keeps the claim alive (touch every third of the visibility timeout)
+/// and cancels the stage when the job is cancelled (its event, or the record when polled).
+async fn watch_claim(
+    backends: Backends,
+    settings: WorkerSettings,
+    stage: Stage,
+    delivery: Delivery,
+    job: JobId,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+) {
+    let touch_every = (settings.visibility_timeout / 3).max(Duration::from_millis(1));
+    let poll_every = settings.cancel_poll.max(Duration::from_millis(1));
+    let mut touch = tokio::time::interval(touch_every);
+    let mut poll = tokio::time::interval(poll_every);
+    touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Both fire at once on the first tick; the claim and record are fresh then.
+    touch.tick().await;
+    poll.tick().await;
+    let mut events = match backends.events.subscribe(Some(&job)).await {
+        Ok(events) => Some(events),
+        Err(err) => {
+            tracing::debug!(%job, %err, "no cancel events; polling the record only");
+            None
+        }
+    };
+    loop {
+        let cancelled_event = async {
+            match events.as_mut() {
+                Some(events) => loop {
+                    match events.next().await {
+                        Some(event) if event.kind == EventKind::Cancelled => return,
+                        Some(_) => {}
+                        None => std::future::pending::<()>().await,
+                    }
+                },
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = cancelled_event => {
+                cancel.cancel();
+            }
+            _ = touch.tick() => {
+                if let Err(err) = backends.queue.touch(stage, &delivery).await {
+                    tracing::warn!(%stage, %job, %err, "could not extend the claim");
+                }
+            }
+            _ = poll.tick() => {
+                match backends.jobs.get(&job).await {
+                    Ok(Some(record)) if record.state == JobState::Cancelled => cancel.cancel(),
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(%job, %err, "record poll failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Stores the source, creates the record, enqueues decode and publishes `queued`. The body
+/// is hashed while it is stored; `limit` bounds it (`too_large`). Options are validated first.
+pub async fn submit(
+    backends: &Backends,
+    mut job: Job,
+    source: ByteStream,
+    limit: Option<u64>,
+    traceparent: Option<String>,
+) -> Result<Job, CodedError> {
+    job.options.validate()?;
+    let key = keys::source(&job.id);
+    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let hashing = {
+        let hasher = hasher.clone();
+        source
+            .inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    hasher
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .update(bytes);
+                }
+            })
+            .boxed()
+    };
+    match backends.store.put_stream(&key, hashing, limit).await? {
+        PutOutcome::Stored { bytes: 0 } => {
+            backends.store.delete(&key).await?;
+            return Err(CodedError::new(
+                ErrorCode::EmptyInput,
+                "the upload is empty",
+            ));
+        }
+        PutOutcome::Stored { .. } => {}
+        PutOutcome::OverLimit { limit } => {
+            return Err(CodedError::new(
+                ErrorCode::TooLarge,
+                format!("the upload is larger than the limit of {limit} bytes"),
+            ));
+        }
+    }
+    let digest = hasher
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .finalize();
+    job.sha256 = Some(hex::encode(digest));
+    job.state = JobState::Queued;
+    job.attempt = 0;
+    if let Err(err) = backends.jobs.create(&job).await {
+        if let Err(cleanup) = backends.store.delete(&key).await {
+            tracing::warn!(job = %job.id, %cleanup, "orphaned source not removed");
+        }
+        return Err(err.into());
+    }
+    backends
+        .queue
+        .enqueue(
+            Stage::Decode,
+            StageMessage {
+                job_id: job.id.clone(),
+                traceparent,
+            },
+        )
+        .await?;
+    publish(backends, EventKind::Queued, &job, None).await;
+    tracing::info!(job = %job.id, tenant = %job.tenant, "job queued");
+    Ok(job)
+}
+
+/// Cancels a job that has not finished: the record moves to `cancelled` (a running stage
+/// notices and stops; its worker acks). A finished job is returned unchanged.
+pub async fn cancel(backends: &Backends, id: &JobId) -> Result<Job, CodedError> {
+    for _ in 0..5 {
+        let job = backends
+            .jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| CodedError::new(ErrorCode::NotFound, format!("no job {id}")))?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        let mut cancelled = job.clone();
+        cancelled.state = JobState::Cancelled;
+        cancelled.error = Some(CodedError::new(
+            ErrorCode::Cancelled,
+            "cancelled by request",
+        ));
+        cancelled.updated_ms = now_ms();
+        match backends
+            .jobs
+            .compare_and_set(job.state, job.attempt, &cancelled)
+            .await
+        {
+            Ok(()) => {
+                publish(backends, EventKind::Cancelled, &cancelled, None).await;
+                tracing::info!(job = %id, "job cancelled");
+                return Ok(cancelled);
+            }
+            Err(BackendError::Conflict(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(CodedError::new(
+        ErrorCode::Conflict,
+        format!("job {id} kept changing; try again"),
+    ))
+}
+
+/// Waits until the job is done, failed or cancelled, and returns its final record. Follows
+/// events, and re-reads the record every `poll` in case one was missed.
+pub async fn wait_until_finished(
+    backends: &Backends,
+    id: &JobId,
+    poll: Duration,
+) -> Result<Job, CodedError> {
+    let mut events = backends.events.subscribe(Some(id)).await.ok();
+    loop {
+        let job = backends
+            .jobs
+            .get(id)
+            .await?
+            .ok_or_else(|| CodedError::new(ErrorCode::NotFound, format!("no job {id}")))?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        let next_event = async {
+            match events.as_mut() {
+                Some(events) => {
+                    if events.next().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = next_event => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobOptions, StageTimes};
+
+    fn job_in(state: JobState, attempt: u32, finished: &[Stage]) -> Job {
+        let mut job = Job::new("t", "a.wav", JobOptions::default());
+        job.state = state;
+        job.attempt = attempt;
+        for stage in finished {
+            job.stages.insert(
+                *stage,
+                StageTimes {
+                    started_ms: Some(1),
+                    finished_ms: Some(2),
+                },
+            );
+        }
+        job
+    }
+
+    #[test]
+    fn disposition_reads_the_record() {
+        use Disposition::*;
+        use JobState::*;
+        let cases = [
+            // (state, record attempt, finished stages, stage, delivery attempt, expected)
+            (Queued, 0, vec![], Stage::Decode, 1, Start),
+            (Queued, 0, vec![], Stage::Separate, 1, NotReached),
+            (Decoding, 1, vec![], Stage::Decode, 2, Start),
+            (Decoding, 1, vec![], Stage::Decode, 1, Duplicate),
+            (Decoding, 2, vec![], Stage::Decode, 1, Duplicate),
+            (
+                Decoding,
+                1,
+                vec![Stage::Decode],
+                Stage::Decode,
+                2,
+                AlreadyDone,
+            ),
+            (Decoding, 1, vec![], Stage::Separate, 1, NotReached),
+            (Decoding, 1, vec![Stage::Decode], Stage::Separate, 1, Start),
+            (
+                Separating,
+                1,
+                vec![Stage::Decode],
+                Stage::Decode,
+                3,
+                AlreadyPast,
+            ),
+            (
+                Separating,
+                1,
+                vec![Stage::Decode],
+                Stage::Separate,
+                1,
+                Duplicate,
+            ),
+            (
+                Separating,
+                1,
+                vec![Stage::Decode],
+                Stage::Separate,
+                2,
+                Start,
+            ),
+            (
+                Separating,
+                2,
+                vec![Stage::Decode, Stage::Separate],
+                Stage::Encode,
+                1,
+                Start,
+            ),
+            (
+                Encoding,
+                1,
+                vec![Stage::Decode, Stage::Separate],
+                Stage::Separate,
+                2,
+                AlreadyPast,
+            ),
+            (Done, 1, vec![], Stage::Encode, 2, Terminal),
+            (Cancelled, 1, vec![], Stage::Decode, 1, Terminal),
+            (Failed, 1, vec![], Stage::Separate, 1, Terminal),
+        ];
+        for (state, record_attempt, finished, stage, attempt, expected) in cases {
+            let job = job_in(state, record_attempt, &finished);
+            assert_eq!(
+                disposition(&job, stage, attempt),
+                expected,
+                "{state} attempt {record_attempt} finished {finished:?}, {stage} delivery {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let settings = WorkerSettings {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            ..WorkerSettings::default()
+        };
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            for _ in 0..20 {
+                let delay = settings.backoff(attempt);
+                let full = Duration::from_millis(full);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "attempt {attempt}: {delay:?}"
+                );
+            }
+        }
+    }
+}
