@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use pipeline::resample::StreamResampler;
@@ -82,6 +83,36 @@ pub fn decode_file(path: &Path, limits: &Limits, target: Target) -> Result<Decod
 }
 
 pub fn decode_with<R>(
+    reader: R,
+    limits: &Limits,
+    options: &DecodeOptions,
+) -> Result<Decoded, DecodeError>
+where
+    R: Read + Seek + Send + Sync + 'static,
+{
+    // symphonia 0.5 still has assertions that malformed input can reach (e.g. a WAV with a
+    // 0 Hz rate panics building its time base). A panic there is a bad file, not a bug of
+    // ours: report it as corrupt audio instead of taking the worker down.
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        decode_unguarded(reader, limits, options)
+    }))
+    .unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        warn!(%message, "decoder panicked on malformed input");
+        Err(DecodeError::CorruptAudio(format!(
+            "the decoder rejected malformed data: {message}"
+        )))
+    })
+}
+
+/// [`decode_with`] without the panic guard: what the fuzz target exercises, so that panics
+/// inside the decoders are found rather than hidden.
+#[doc(hidden)]
+pub fn decode_unguarded<R>(
     mut reader: R,
     limits: &Limits,
     options: &DecodeOptions,
@@ -355,6 +386,7 @@ impl<'a> Run<'a> {
         mut decoder: Box<dyn Decoder>,
     ) -> Result<(), DecodeError> {
         let mut demux_errors_in_a_row = 0;
+        let mut next_ts: Option<u64> = None;
         loop {
             let packet = match format.next_packet() {
                 Ok(packet) => {
@@ -393,6 +425,16 @@ impl<'a> Run<'a> {
             if packet.track_id() != self.track_id {
                 continue;
             }
+            // Demuxers that resync over damage (FLAC) drop the bad frames themselves: the jump
+            // in timestamps is how they show, counted in packets of this packet's length.
+            if let Some(expected) = next_ts
+                && packet.ts() > expected
+            {
+                let lost = (packet.ts() - expected).div_ceil(packet.dur().max(1));
+                self.skipped_packets += lost;
+                debug!(lost, at_ts = expected, "demuxer skipped damaged data");
+            }
+            next_ts = Some(packet.ts().saturating_add(packet.dur()));
             match decoder.decode(&packet) {
                 Ok(decoded) => {
                     if decoded.frames() == 0 {
@@ -526,6 +568,10 @@ impl<'a> Run<'a> {
                     "none of {} packets could be decoded",
                     self.skipped_packets
                 ))
+            } else if self.header_frames.is_some_and(|frames| frames > 0) {
+                DecodeError::CorruptAudio(
+                    "the header announces audio, but none could be decoded".into(),
+                )
             } else {
                 DecodeError::TooShort {
                     limit: self.limits.min_duration_secs,

@@ -1,0 +1,282 @@
+//! The malformed-input corpus: each case yields its typed error with the right stable code
+//! (or, for damage that ffmpeg also decodes through, a result that says what was skipped).
+//! None may panic.
+
+mod common;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use common::*;
+use decode::{DecodeError, Limits, Target, decode, decode_file};
+use pipeline::ErrorCode;
+
+fn decode_bytes(bytes: Vec<u8>) -> Result<decode::Decoded, DecodeError> {
+    decode(Cursor::new(bytes), &Limits::default())
+}
+
+fn code_of(result: Result<decode::Decoded, DecodeError>) -> ErrorCode {
+    match result {
+        Ok(decoded) => panic!("expected an error, decoded {:?}", decoded.info),
+        Err(err) => {
+            eprintln!("{}: {err}", err.code());
+            err.code()
+        }
+    }
+}
+
+fn mp3(dir: &Path, secs: f64) -> Vec<u8> {
+    let path = make_tone(
+        dir,
+        "song.mp3",
+        44_100,
+        2,
+        secs,
+        &["-c:a", "libmp3lame", "-b:a", "128k"],
+    );
+    std::fs::read(path).expect("read mp3")
+}
+
+fn wav(dir: &Path, secs: f64) -> Vec<u8> {
+    let path = make_tone(dir, "song.wav", 44_100, 2, secs, &["-c:a", "pcm_s16le"]);
+    std::fs::read(path).expect("read wav")
+}
+
+/// Offset of the `data` chunk's size field in a canonical WAV.
+fn wav_chunk(bytes: &[u8], id: &[u8; 4]) -> usize {
+    bytes
+        .windows(4)
+        .position(|w| w == id)
+        .unwrap_or_else(|| panic!("no {id:?} chunk"))
+}
+
+#[test]
+fn zero_bytes_is_empty_input() {
+    assert_eq!(code_of(decode_bytes(Vec::new())), ErrorCode::EmptyInput);
+}
+
+#[test]
+fn random_bytes_are_unsupported() {
+    for seed in [1, 2, 3] {
+        let bytes = pseudo_random_bytes(64 * 1024, seed);
+        assert_eq!(code_of(decode_bytes(bytes)), ErrorCode::UnsupportedFormat);
+    }
+}
+
+#[test]
+fn a_text_file_named_mp3_is_unsupported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("song.mp3");
+    std::fs::write(&path, "This is not music.\n".repeat(200)).expect("write");
+    let result = decode_file(&path, &Limits::default(), Target::Model);
+    assert_eq!(code_of(result), ErrorCode::UnsupportedFormat);
+}
+
+#[test]
+fn an_mp3_cut_inside_its_first_frame_is_refused() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bytes = mp3(dir.path(), 2.0);
+    let code = code_of(decode_bytes(bytes[..700].to_vec()));
+    assert!(
+        matches!(
+            code,
+            ErrorCode::TooShort | ErrorCode::CorruptAudio | ErrorCode::UnsupportedFormat
+        ),
+        "{code}"
+    );
+}
+
+#[test]
+fn an_mp3_cut_in_half_decodes_what_is_there() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bytes = mp3(dir.path(), 4.0);
+    let half = bytes[..bytes.len() / 2].to_vec();
+    let decoded = decode_bytes(half).expect("the first half decodes, as with ffmpeg");
+    let secs = decoded.info.duration_secs;
+    assert!(
+        (1.5..2.5).contains(&secs),
+        "decoded {secs} s of a 4 s file cut in half"
+    );
+    // And with a minimum above what is left, it is too short.
+    let limits = Limits {
+        min_duration_secs: 3.0,
+        ..Limits::default()
+    };
+    let err = decode(Cursor::new(bytes[..bytes.len() / 2].to_vec()), &limits).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooShort);
+}
+
+#[test]
+fn a_wav_whose_header_claims_more_data_is_corrupt_audio() {
+    // ffmpeg decodes up to the real end here; symphonia 0.5 refuses a chunk longer than its
+    // RIFF parent. Either way the answer must be typed, and this is the one we give.
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut bytes = wav(dir.path(), 1.0);
+    let data = wav_chunk(&bytes, b"data");
+    bytes[data + 4..data + 8].copy_from_slice(&0x7fff_0000_u32.to_le_bytes());
+    assert_eq!(code_of(decode_bytes(bytes)), ErrorCode::CorruptAudio);
+}
+
+#[test]
+fn a_wav_whose_header_claims_less_data_decodes_what_it_declares() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut bytes = wav(dir.path(), 2.0);
+    let data = wav_chunk(&bytes, b"data");
+    // 1 s of 16-bit stereo at 44.1 kHz.
+    bytes[data + 4..data + 8].copy_from_slice(&(44_100_u32 * 4).to_le_bytes());
+    let decoded = decode_bytes(bytes).expect("decodes");
+    assert!(
+        (decoded.info.duration_secs - 1.0).abs() < 0.01,
+        "{:?}",
+        decoded.info
+    );
+}
+
+#[test]
+fn a_wav_with_impossible_format_fields_is_refused() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = wav(dir.path(), 1.0);
+    let fmt = wav_chunk(&good, b"fmt ");
+    // fmt chunk body: format(2) channels(2) rate(4) byte_rate(4) align(2) bits(2)
+    let body = fmt + 8;
+    let cases: [(&str, usize, Vec<u8>); 4] = [
+        ("0 channels", body + 2, 0u16.to_le_bytes().to_vec()),
+        ("0 Hz", body + 4, 0u32.to_le_bytes().to_vec()),
+        ("3 bits per sample", body + 14, 3u16.to_le_bytes().to_vec()),
+        ("format tag 0x1234", body, 0x1234u16.to_le_bytes().to_vec()),
+    ];
+    for (what, offset, value) in cases {
+        let mut bytes = good.clone();
+        bytes[offset..offset + value.len()].copy_from_slice(&value);
+        let code = code_of(decode_bytes(bytes));
+        assert!(
+            matches!(code, ErrorCode::UnsupportedFormat | ErrorCode::CorruptAudio),
+            "{what}: {code}"
+        );
+    }
+}
+
+#[test]
+fn a_wav_claiming_1000_channels_is_refused() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut bytes = wav(dir.path(), 1.0);
+    let body = wav_chunk(&bytes, b"fmt ") + 8;
+    bytes[body + 2..body + 4].copy_from_slice(&1000u16.to_le_bytes());
+    let code = code_of(decode_bytes(bytes));
+    assert!(
+        matches!(
+            code,
+            ErrorCode::TooManyChannels | ErrorCode::UnsupportedFormat | ErrorCode::CorruptAudio
+        ),
+        "{code}"
+    );
+}
+
+#[test]
+fn a_file_without_an_audio_track_is_no_audio_track() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("video.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=32x32:d=1",
+        "-c:v",
+        "mpeg4",
+        path.to_str().expect("utf-8"),
+    ]);
+    let result = decode_file(&path, &Limits::default(), Target::Model);
+    assert_eq!(code_of(result), ErrorCode::NoAudioTrack);
+}
+
+/// Overwrites `count` stretches of `len` bytes, evenly spread over the middle of `bytes`.
+fn damage(bytes: &mut [u8], count: usize, len: usize, seed: u64) {
+    let (start, end) = (bytes.len() / 4, bytes.len() * 3 / 4);
+    for i in 0..count {
+        let at = start + (end - start) * i / count;
+        let garbage = pseudo_random_bytes(len, seed + i as u64);
+        bytes[at..at + len].copy_from_slice(&garbage);
+    }
+}
+
+#[test]
+fn corrupt_flac_frames_mid_file_are_skipped_and_counted() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = make_tone(dir.path(), "song.flac", 44_100, 2, 10.0, &["-c:a", "flac"]);
+    let mut bytes = std::fs::read(&path).expect("read");
+    damage(&mut bytes, 5, 64, 7);
+    let decoded = decode_bytes(bytes).expect("a few bad frames do not fail the file");
+    let info = &decoded.info;
+    assert!(info.skipped_packets >= 1, "{info:?}");
+    assert!(info.skipped_packets <= 20, "{info:?}");
+    assert!(info.duration_secs > 8.0, "{info:?}");
+}
+
+#[test]
+fn corrupt_mp3_frames_mid_file_do_not_fail_the_file() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut bytes = mp3(dir.path(), 10.0);
+    damage(&mut bytes, 5, 200, 11);
+    let decoded = decode_bytes(bytes).expect("a few bad frames do not fail the file");
+    assert!(decoded.info.duration_secs > 8.0, "{:?}", decoded.info);
+    eprintln!("mp3 skipped {}", decoded.info.skipped_packets);
+}
+
+#[test]
+fn a_mostly_corrupt_file_is_corrupt_audio() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = make_tone(dir.path(), "song.flac", 44_100, 2, 10.0, &["-c:a", "flac"]);
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Garbage over nearly every frame, keeping the stream header intact.
+    let (start, end) = (8 * 1024, bytes.len());
+    let mut at = start;
+    let mut seed = 1;
+    while at + 256 < end {
+        bytes[at..at + 256].copy_from_slice(&pseudo_random_bytes(256, seed));
+        at += 1024;
+        seed += 1;
+    }
+    assert_eq!(code_of(decode_bytes(bytes)), ErrorCode::CorruptAudio);
+}
+
+#[test]
+fn truncated_and_flipped_files_of_every_format_never_panic() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = [
+        make_tone(dir.path(), "a.mp3", 44_100, 2, 1.0, &["-c:a", "libmp3lame"]),
+        make_tone(dir.path(), "a.flac", 44_100, 2, 1.0, &["-c:a", "flac"]),
+        make_tone(dir.path(), "a.ogg", 44_100, 2, 1.0, &["-c:a", "libvorbis"]),
+        make_tone(dir.path(), "a.m4a", 44_100, 2, 1.0, &["-c:a", "aac"]),
+        make_tone(dir.path(), "b.m4a", 44_100, 2, 1.0, &["-c:a", "alac"]),
+        make_tone(dir.path(), "a.aiff", 44_100, 2, 1.0, &["-c:a", "pcm_s16be"]),
+        make_tone(dir.path(), "a.wav", 44_100, 2, 1.0, &["-c:a", "pcm_f32le"]),
+    ];
+    for path in files {
+        let good = std::fs::read(&path).expect("read");
+        for cut in [1, 4, 12, 44, 100, 1000, good.len() / 3, good.len() - 1] {
+            let _ = decode_bytes(good[..cut.min(good.len())].to_vec());
+        }
+        for seed in 0..20 {
+            let mut bytes = good.clone();
+            let flips = pseudo_random_bytes(16, seed);
+            for pair in flips.chunks(2) {
+                let at =
+                    (usize::from(pair[0]) * 251 + usize::from(pair[1]) * 7 + seed as usize * 13)
+                        % bytes.len();
+                bytes[at] ^= pair[1] | 1;
+            }
+            let _ = decode_bytes(bytes);
+        }
+    }
+}
