@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod backends;
+pub mod config;
 pub mod error;
 pub mod job;
 pub mod resample;
@@ -12,6 +13,7 @@ pub mod worker;
 
 pub use audio::{Pcm, SourceInfo};
 pub use backends::{Backends, DeadLetter, LocalDirStore, LocalEvents, MemoryJobStore, MemoryQueue};
+pub use config::{Config, ConfigError};
 pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};

@@ -1,0 +1,811 @@
+//! The one configuration of every `msaas` process, in layers, each overriding the one before:
+//!
+//! 1. defaults (below);
+//! 2. a TOML file — the path given (`--config`), else `./msaas.toml` if it exists;
+//! 3. environment variables `MSAAS_<KEY>`: the TOML key path upper-cased with `__` between
+//!    sections, e.g. `MSAAS_LIMITS__MAX_DURATION_SECS=600`, `MSAAS_WORKER__MAX_ATTEMPTS=5`,
+//!    `MSAAS_MODEL=htdemucs`, `MSAAS_HOME=/data/msaas`. Variables whose first part names no
+//!    top-level key (e.g. `MSAAS_LOG`, read by `observe`) are left to their owners; a known
+//!    section with an unknown key is an error;
+//! 4. command-line flags, through [`Config::set`] / [`Config::apply_overrides`] with the same
+//!    dotted keys (`limits.max_duration_secs`), or by assigning fields.
+//!
+//! Then [`Config::validate`] reports every problem at once, each naming its key and value.
+//! Secrets (S3 keys) are not configuration: they come from the standard AWS variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{WorkerSettings, default_consumer_name};
+
+/// The file looked for in the working directory when none is given.
+pub const DEFAULT_FILE: &str = "msaas.toml";
+/// Prefix of the environment layer.
+pub const ENV_PREFIX: &str = "MSAAS_";
+/// The ONNX Runtime library the default layout holds (`$MSAAS_HOME/lib/…`).
+pub const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// Every problem found, one line each.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory (`MSAAS_HOME`); unset: `$XDG_DATA_HOME/msaas`, else `~/.local/share/msaas`.
+    pub home: Option<PathBuf>,
+    /// Model folders (`<name>/manifest.toml`); unset: `{home}/models`.
+    pub models_dir: Option<PathBuf>,
+    /// Model used when a job names none: a registry name or a manifest path.
+    pub model: String,
+    pub runtime: RuntimeConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub queue: QueueConfig,
+    pub events: EventsConfig,
+    pub worker: WorkerConfig,
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            home: None,
+            models_dir: None,
+            model: "spleeter-2stems".to_owned(),
+            runtime: RuntimeConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+            queue: QueueConfig::default(),
+            events: EventsConfig::default(),
+            worker: WorkerConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Model inference (ONNX Runtime).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `libonnxruntime.so`; unset: `{home}/lib/libonnxruntime.so.1.31.1`.
+    pub ort_library: Option<PathBuf>,
+    pub device: Device,
+    /// Threads per model run; 0 lets ONNX Runtime use every core.
+    pub intra_threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+/// What decode accepts; beyond these a job fails with a clear code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Upload size (`too_large`).
+    pub max_input_bytes: u64,
+    /// Decoded duration (`too_long`).
+    pub max_duration_secs: f64,
+    /// Decoded duration (`too_short`).
+    pub min_duration_secs: f64,
+    /// Source channels (`too_many_channels`).
+    pub max_channels: u16,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_input_bytes: 1 << 30,
+            max_duration_secs: 3.0 * 3600.0,
+            min_duration_secs: 0.1,
+            max_channels: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    /// Root of the local store; unset: `{home}/data`.
+    pub dir: Option<PathBuf>,
+    pub s3: S3Config,
+}
+
+/// Object storage (distributed mode). Credentials come from the standard AWS variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL for S3-compatible servers (MinIO, …); unset: AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Prepended to every key.
+    pub prefix: String,
+    /// Path-style addressing, which most S3-compatible servers need.
+    pub path_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".to_owned(),
+            prefix: String::new(),
+            path_style: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// In-process (embedded mode): the queue and job records live and die with the process.
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    pub kind: QueueKind,
+    /// `redis://host:port/db` (needed for `kind = "redis"`).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `nats://host:port`; unset: in-process events only.
+    pub nats_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub max_attempts: u32,
+    pub visibility_timeout_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub claim_wait_ms: u64,
+    /// Queue consumer name; unset: `{hostname}-{pid}`.
+    pub consumer: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            visibility_timeout_secs: 300,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            claim_wait_ms: 5_000,
+            consumer: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs(self.visibility_timeout_secs)
+    }
+
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            max_attempts: self.max_attempts,
+            visibility_timeout: self.visibility_timeout(),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            claim_wait: Duration::from_millis(self.claim_wait_ms),
+            consumer: self.consumer.clone().unwrap_or_else(default_consumer_name),
+            ..WorkerSettings::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `ip:port` the HTTP API listens on.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults < file < the process environment. `file`: the `--config` path (must exist);
+    /// `None` reads `./msaas.toml` if present. Flags come after, via [`Config::set`].
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given (tests, embedding).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => {
+                let default_file = Path::new(DEFAULT_FILE);
+                if default_file.is_file() {
+                    Self::from_file(default_file)?
+                } else {
+                    Self::default()
+                }
+            }
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        config.apply_env(&env)?;
+        if config.home.is_none() {
+            let lookup = |name: &str| {
+                env.iter()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.clone())
+            };
+            config.home = Some(default_home(lookup("XDG_DATA_HOME"), lookup("HOME")));
+        }
+        Ok(config)
+    }
+
+    /// Defaults < this file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Applies the `MSAAS_*` variables of `env` (see the module docs for the naming).
+    pub fn apply_env(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let top_level = self.top_level_keys()?;
+        let mut vars: Vec<(String, &str, &str)> = env
+            .iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(ENV_PREFIX)?;
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                let first = key.split('.').next().unwrap_or_default().to_owned();
+                top_level
+                    .contains(&first)
+                    .then_some((key, name.as_str(), value.as_str()))
+            })
+            .collect();
+        // A stable order, so the same environment always gives the same result.
+        vars.sort();
+        let mut problems = Vec::new();
+        for (key, name, value) in vars {
+            if let Err(problem) = self.set(&key, value) {
+                problems.push(format!("environment variable {name}: {problem}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Sets one dotted key (`worker.max_attempts`) from its text form, as a flag or
+    /// `--set key=value` does. Numbers, booleans and arrays are written as in TOML; text
+    /// needs no quotes. On error `self` is unchanged.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let path: Vec<&str> = key.split('.').collect();
+        if path.iter().any(|segment| segment.is_empty()) {
+            return Err(format!("{key:?} is not a config key"));
+        }
+        let mut table = toml::Table::try_from(&*self)
+            .map_err(|err| format!("cannot represent the configuration: {err}"))?;
+        let (leaf, sections) = path.split_last().ok_or_else(|| "empty key".to_owned())?;
+        let mut current = &mut table;
+        for section in sections {
+            current = match current
+                .entry((*section).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                toml::Value::Table(inner) => inner,
+                _ => return Err(format!("{key}: {section:?} is a value, not a section")),
+            };
+        }
+        let parsed = match current.get(*leaf) {
+            // A text field takes the text as is, even if it looks like a number.
+            Some(toml::Value::String(_)) => toml::Value::String(value.to_owned()),
+            _ => parse_literal(value),
+        };
+        current.insert((*leaf).to_owned(), parsed);
+        let updated: Config = table.try_into().map_err(|err: toml::de::Error| {
+            format!(
+                "{key} = {value:?}: {}",
+                err.message().trim_end().trim_end_matches('\n')
+            )
+        })?;
+        *self = updated;
+        Ok(())
+    }
+
+    /// [`Config::set`] for each pair; reports every bad one.
+    pub fn apply_overrides<'a>(
+        &mut self,
+        overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), ConfigError> {
+        let problems: Vec<String> = overrides
+            .into_iter()
+            .filter_map(|(key, value)| self.set(key, value).err())
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn top_level_keys(&self) -> Result<Vec<String>, ConfigError> {
+        // Optional keys that are unset do not serialize; name them explicitly.
+        let mut keys: Vec<String> = vec!["home".into(), "models_dir".into()];
+        let table = toml::Table::try_from(self)
+            .map_err(|err| ConfigError::Invalid(vec![format!("cannot represent: {err}")]))?;
+        keys.extend(table.keys().cloned());
+        Ok(keys)
+    }
+
+    /// Every problem, each naming its key and the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, value: &dyn std::fmt::Debug, why: &str| {
+            problems.push(format!("{key} = {value:?}: {why}"));
+        };
+        if self.model.trim().is_empty() {
+            problem("model", &self.model, "must name a model");
+        }
+        let limits = &self.limits;
+        if limits.max_input_bytes == 0 {
+            problem(
+                "limits.max_input_bytes",
+                &limits.max_input_bytes,
+                "must be positive",
+            );
+        }
+        if !(limits.max_duration_secs.is_finite() && limits.max_duration_secs > 0.0) {
+            problem(
+                "limits.max_duration_secs",
+                &limits.max_duration_secs,
+                "must be a positive number of seconds",
+            );
+        }
+        if !(limits.min_duration_secs.is_finite() && limits.min_duration_secs >= 0.0) {
+            problem(
+                "limits.min_duration_secs",
+                &limits.min_duration_secs,
+                "must be zero or a positive number of seconds",
+            );
+        } else if limits.max_duration_secs > 0.0
+            && limits.min_duration_secs >= limits.max_duration_secs
+        {
+            problem(
+                "limits.min_duration_secs",
+                &limits.min_duration_secs,
+                &format!(
+                    "must be less than limits.max_duration_secs ({})",
+                    limits.max_duration_secs
+                ),
+            );
+        }
+        if limits.max_channels == 0 {
+            problem(
+                "limits.max_channels",
+                &limits.max_channels,
+                "must be at least 1",
+            );
+        }
+        if self.storage.kind == StorageKind::S3 && self.storage.s3.bucket.trim().is_empty() {
+            problem(
+                "storage.s3.bucket",
+                &self.storage.s3.bucket,
+                "must be set when storage.kind = \"s3\"",
+            );
+        }
+        match (&self.queue.kind, &self.queue.url) {
+            (QueueKind::Redis, None) => problem(
+                "queue.url",
+                &None::<String>,
+                "must be set when queue.kind = \"redis\" (redis://host:port)",
+            ),
+            (_, Some(url)) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                problem("queue.url", url, "must start with redis:// or rediss://");
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.events.nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            problem("events.nats_url", url, "must start with nats:// or tls://");
+        }
+        let worker = &self.worker;
+        if worker.max_attempts == 0 {
+            problem(
+                "worker.max_attempts",
+                &worker.max_attempts,
+                "must be at least 1",
+            );
+        }
+        if worker.visibility_timeout_secs == 0 {
+            problem(
+                "worker.visibility_timeout_secs",
+                &worker.visibility_timeout_secs,
+                "must be at least 1",
+            );
+        }
+        if worker.backoff_base_ms == 0 {
+            problem(
+                "worker.backoff_base_ms",
+                &worker.backoff_base_ms,
+                "must be at least 1",
+            );
+        } else if worker.backoff_max_ms < worker.backoff_base_ms {
+            problem(
+                "worker.backoff_max_ms",
+                &worker.backoff_max_ms,
+                &format!(
+                    "must not be less than worker.backoff_base_ms ({})",
+                    worker.backoff_base_ms
+                ),
+            );
+        }
+        if worker.claim_wait_ms == 0 {
+            problem(
+                "worker.claim_wait_ms",
+                &worker.claim_wait_ms,
+                "must be at least 1",
+            );
+        }
+        if let Some(consumer) = &worker.consumer
+            && consumer.trim().is_empty()
+        {
+            problem("worker.consumer", consumer, "must not be empty when set");
+        }
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            problem(
+                "server.listen",
+                &self.server.listen,
+                "must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The data directory (see [`Config::home`]).
+    pub fn home_dir(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(|| {
+            default_home(
+                std::env::var("XDG_DATA_HOME").ok(),
+                std::env::var("HOME").ok(),
+            )
+        })
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.home_dir().join("models"))
+    }
+
+    pub fn ort_library(&self) -> PathBuf {
+        self.runtime
+            .ort_library
+            .clone()
+            .unwrap_or_else(|| self.home_dir().join("lib").join(ORT_LIBRARY_FILE))
+    }
+
+    /// Root of the local blob store.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.home_dir().join("data"))
+    }
+}
+
+/// `$XDG_DATA_HOME/msaas`, else `$HOME/.local/share/msaas`, else `./.msaas` (no home at all:
+/// a container without a user; still somewhere writable and visible).
+fn default_home(xdg_data_home: Option<String>, home: Option<String>) -> PathBuf {
+    if let Some(xdg) = xdg_data_home.filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("msaas");
+    }
+    if let Some(home) = home.filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/msaas");
+    }
+    PathBuf::from(".msaas")
+}
+
+/// A TOML literal (number, boolean, array, quoted string), else the text itself.
+fn parse_literal(raw: &str) -> toml::Value {
+    let document = format!("value = {raw}");
+    toml::from_str::<toml::Table>(&document)
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("msaas.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_valid_and_as_documented() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.model, "spleeter-2stems");
+        assert_eq!(config.limits.max_input_bytes, 1 << 30);
+        assert_eq!(config.limits.max_duration_secs, 10_800.0);
+        assert_eq!(config.limits.max_channels, 8);
+        assert_eq!(config.limits.min_duration_secs, 0.1);
+        assert_eq!(config.worker.max_attempts, 3);
+        assert_eq!(config.worker.visibility_timeout(), Duration::from_secs(300));
+        let settings = config.worker.settings();
+        assert_eq!(settings.backoff_base, Duration::from_secs(1));
+        assert_eq!(settings.backoff_max, Duration::from_secs(60));
+        assert_eq!(
+            (config.storage.kind, config.queue.kind),
+            (StorageKind::Local, QueueKind::Memory)
+        );
+        assert_eq!(config.runtime.device, Device::Cpu);
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            r#"
+model = "htdemucs"
+[limits]
+max_duration_secs = 600
+max_channels = 4
+[worker]
+max_attempts = 5
+backoff_base_ms = 200
+"#,
+        );
+        // File over defaults; untouched keys keep their defaults.
+        let from_file = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(from_file.model, "htdemucs");
+        assert_eq!(from_file.limits.max_duration_secs, 600.0);
+        assert_eq!(from_file.limits.max_channels, 4);
+        assert_eq!(from_file.limits.max_input_bytes, 1 << 30);
+        assert_eq!(from_file.worker.max_attempts, 5);
+
+        // Environment over file.
+        let vars = env(&[
+            ("MSAAS_LIMITS__MAX_DURATION_SECS", "120.5"),
+            ("MSAAS_WORKER__MAX_ATTEMPTS", "7"),
+            ("MSAAS_MODEL", "1234"),
+            ("MSAAS_HOME", "/srv/msaas"),
+            ("MSAAS_RUNTIME__DEVICE", "cuda"),
+            ("MSAAS_EVENTS__NATS_URL", "nats://127.0.0.1:4222"),
+            ("MSAAS_LOG", "debug"),
+            ("OTHER", "x"),
+        ]);
+        let mut config = Config::load_from(Some(&file), vars).unwrap();
+        assert_eq!(config.limits.max_duration_secs, 120.5);
+        assert_eq!(config.limits.max_channels, 4, "from the file");
+        assert_eq!(config.worker.max_attempts, 7);
+        assert_eq!(config.worker.backoff_base_ms, 200, "from the file");
+        assert_eq!(config.model, "1234", "text stays text");
+        assert_eq!(config.home, Some(PathBuf::from("/srv/msaas")));
+        assert_eq!(config.runtime.device, Device::Cuda);
+        assert_eq!(
+            config.events.nats_url.as_deref(),
+            Some("nats://127.0.0.1:4222")
+        );
+
+        // Flags over environment.
+        config
+            .apply_overrides([("limits.max_duration_secs", "60"), ("model", "mdx")])
+            .unwrap();
+        assert_eq!(config.limits.max_duration_secs, 60.0);
+        assert_eq!(config.model, "mdx");
+        assert_eq!(config.worker.max_attempts, 7, "from the environment");
+        config.validate().unwrap();
+
+        assert_eq!(config.models_dir(), PathBuf::from("/srv/msaas/models"));
+        assert_eq!(
+            config.ort_library(),
+            PathBuf::from("/srv/msaas/lib/libonnxruntime.so.1.31.1")
+        );
+        assert_eq!(config.storage_dir(), PathBuf::from("/srv/msaas/data"));
+    }
+
+    #[test]
+    fn home_follows_the_data_dir_convention() {
+        let xdg = Config::load_from(
+            Some(&write(tempfile::tempdir().unwrap().path(), "")),
+            env(&[("XDG_DATA_HOME", "/xdg"), ("HOME", "/home/u")]),
+        );
+        // An empty file is a valid file.
+        assert_eq!(xdg.unwrap().home, Some(PathBuf::from("/xdg/msaas")));
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "");
+        let home = Config::load_from(Some(&file), env(&[("HOME", "/home/u")])).unwrap();
+        assert_eq!(home.home, Some(PathBuf::from("/home/u/.local/share/msaas")));
+        let explicit = Config::load_from(
+            Some(&file),
+            env(&[("HOME", "/home/u"), ("MSAAS_HOME", "/data")]),
+        )
+        .unwrap();
+        assert_eq!(explicit.home_dir(), PathBuf::from("/data"));
+    }
+
+    #[test]
+    fn bad_file_names_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = write(dir.path(), "[limits]\nmax_duraton_secs = 5\n");
+        let message = Config::load_from(Some(&typo), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("msaas.toml"), "{message}");
+        assert!(message.contains("max_duraton_secs"), "{message}");
+
+        let wrong_type = write(dir.path(), "[worker]\nmax_attempts = \"many\"\n");
+        let message = Config::load_from(Some(&wrong_type), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("max_attempts"), "{message}");
+
+        let missing = dir.path().join("absent.toml");
+        assert!(matches!(
+            Config::load_from(Some(&missing), env(&[])),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_environment_names_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "");
+        let err = Config::load_from(
+            Some(&file),
+            env(&[
+                ("MSAAS_WORKER__MAX_ATTEMPTS", "three"),
+                ("MSAAS_LIMITS__MAX_DURATON_SECS", "5"),
+                ("MSAAS_RUNTIME__DEVICE", "tpu"),
+            ]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("MSAAS_WORKER__MAX_ATTEMPTS") && p.contains("three"))
+        );
+        assert!(problems.iter().any(
+            |p| p.contains("MSAAS_LIMITS__MAX_DURATON_SECS") && p.contains("max_duraton_secs")
+        ));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("MSAAS_RUNTIME__DEVICE") && p.contains("tpu"))
+        );
+    }
+
+    #[test]
+    fn set_leaves_the_config_unchanged_on_error() {
+        let mut config = Config::default();
+        let before = config.clone();
+        assert!(config.set("worker.max_attempts", "-1").is_err());
+        assert!(config.set("nope", "1").is_err());
+        assert!(config.set("worker..x", "1").is_err());
+        assert!(config.set("model.inner", "1").is_err());
+        assert_eq!(config, before);
+        config.set("storage.s3.path_style", "false").unwrap();
+        config.set("queue.url", "redis://127.0.0.1:6379").unwrap();
+        config.set("storage.dir", "/tmp/store").unwrap();
+        assert!(!config.storage.s3.path_style);
+        assert_eq!(config.queue.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.storage.dir, Some(PathBuf::from("/tmp/store")));
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_key_and_value() {
+        let mut config = Config::default();
+        config
+            .apply_overrides([
+                ("model", " "),
+                ("limits.max_duration_secs", "0"),
+                ("limits.max_channels", "0"),
+                ("storage.kind", "s3"),
+                ("queue.kind", "redis"),
+                ("events.nats_url", "http://nats"),
+                ("worker.max_attempts", "0"),
+                ("worker.backoff_base_ms", "5000"),
+                ("worker.backoff_max_ms", "100"),
+                ("server.listen", "localhost"),
+            ])
+            .unwrap();
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        let expected = [
+            "model = \" \": must name a model",
+            "limits.max_duration_secs = 0.0: must be a positive number of seconds",
+            "limits.max_channels = 0: must be at least 1",
+            "storage.s3.bucket = \"\": must be set when storage.kind = \"s3\"",
+            "queue.url = None: must be set when queue.kind = \"redis\" (redis://host:port)",
+            "events.nats_url = \"http://nats\": must start with nats:// or tls://",
+            "worker.max_attempts = 0: must be at least 1",
+            "worker.backoff_max_ms = 100: must not be less than worker.backoff_base_ms (5000)",
+            "server.listen = \"localhost\": must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
+        ];
+        for line in expected {
+            assert!(
+                problems.iter().any(|p| p == line),
+                "missing {line:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+
+        let mut short = Config::default();
+        short.limits.min_duration_secs = 20_000.0;
+        let message = short.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("limits.min_duration_secs = 20000.0: must be less than limits.max_duration_secs (10800)"),
+            "{message}"
+        );
+    }
+}
