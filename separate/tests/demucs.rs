@@ -12,7 +12,8 @@ fn fixtures() -> PathBuf {
 }
 
 fn load_tiny() -> (Manifest, DemucsModel) {
-    let manifest = Manifest::load(&fixtures().join("tiny/manifest.toml")).expect("fixture manifest");
+    let manifest =
+        Manifest::load(&fixtures().join("tiny/manifest.toml")).expect("fixture manifest");
     let options = RuntimeOptions {
         intra_threads: Some(1),
         ..RuntimeOptions::default()
@@ -27,9 +28,19 @@ fn load_tiny() -> (Manifest, DemucsModel) {
 fn read_wav(path: &Path, scale: f32) -> Vec<Vec<f32>> {
     let mut reader = hound::WavReader::open(path).expect("fixture wav");
     let channels = usize::from(reader.spec().channels);
-    let samples: Vec<i32> = reader.samples::<i32>().map(|s| s.expect("sample")).collect();
+    let samples: Vec<i32> = reader
+        .samples::<i32>()
+        .map(|s| s.expect("sample"))
+        .collect();
     (0..channels)
-        .map(|c| samples.iter().skip(c).step_by(channels).map(|&s| s as f32 * scale).collect())
+        .map(|c| {
+            samples
+                .iter()
+                .skip(c)
+                .step_by(channels)
+                .map(|&s| s as f32 * scale)
+                .collect()
+        })
         .collect()
 }
 
@@ -96,14 +107,24 @@ fn matches_the_python_reference_for_every_chunking() {
             segment: case.segment,
             ..DemucsOptions::default()
         };
-        let stems = model.separate(&mix, &options, &mut NoListener).expect("separate");
+        let stems = model
+            .separate(&mix, &options, &mut NoListener)
+            .expect("separate");
         assert_eq!(stems.len(), manifest.sources.len());
         let error = relative_error(&stems, &expected, case.peak);
         eprintln!("{}: max error {error:.3e} of peak", case.expected);
-        assert!(error <= 1e-4, "{}: max error {error:.3e} of peak", case.expected);
+        assert!(
+            error <= 1e-4,
+            "{}: max error {error:.3e} of peak",
+            case.expected
+        );
         // Stems differ from each other, so a wrong stem order cannot pass.
         let other = relative_error(&stems[1..2], &expected[..2], case.peak);
-        assert!(other > 1e-2, "{}: drums and bass are too alike ({other:.3e})", case.expected);
+        assert!(
+            other > 1e-2,
+            "{}: drums and bass are too alike ({other:.3e})",
+            case.expected
+        );
     }
 }
 
@@ -111,13 +132,21 @@ fn matches_the_python_reference_for_every_chunking() {
 fn batching_chunks_changes_nothing() {
     let (_, model) = load_tiny();
     let mix = input();
-    let one = model.separate(&mix, &DemucsOptions::default(), &mut NoListener).expect("batch 1");
+    let one = model
+        .separate(&mix, &DemucsOptions::default(), &mut NoListener)
+        .expect("batch 1");
     let options = DemucsOptions {
         batch_size: 3,
         ..DemucsOptions::default()
     };
-    let three = model.separate(&mix, &options, &mut NoListener).expect("batch 3");
-    let peak = one.iter().flatten().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    let three = model
+        .separate(&mix, &options, &mut NoListener)
+        .expect("batch 3");
+    let peak = one
+        .iter()
+        .flatten()
+        .flatten()
+        .fold(0.0f32, |m, x| m.max(x.abs()));
     let flat: Vec<Vec<f32>> = three.into_iter().flatten().collect();
     assert!(relative_error(&one, &flat, peak) < 1e-5);
 }
@@ -133,7 +162,8 @@ impl Listener for Recorder {
         self.calls.push((done, total));
     }
     fn cancelled(&self) -> bool {
-        self.cancel_after.is_some_and(|n| self.calls.last().is_some_and(|&(done, _)| done >= n))
+        self.cancel_after
+            .is_some_and(|n| self.calls.last().is_some_and(|&(done, _)| done >= n))
     }
 }
 
@@ -142,7 +172,9 @@ fn reports_progress_per_chunk_and_cancels_between_chunks() {
     let (_, model) = load_tiny();
     let mix = input();
     let mut recorder = Recorder::default();
-    model.separate(&mix, &DemucsOptions::default(), &mut recorder).expect("separate");
+    model
+        .separate(&mix, &DemucsOptions::default(), &mut recorder)
+        .expect("separate");
     // 35011 samples, chunks of 13230 every 9922: offsets 0, 9922, 19844, 29766.
     assert_eq!(recorder.calls, [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]);
 
@@ -167,7 +199,9 @@ fn shifts_are_seeded_and_stay_close_to_the_unshifted_output() {
             seed,
             ..DemucsOptions::default()
         };
-        model.separate(&mix, &options, &mut NoListener).expect("shifts")
+        model
+            .separate(&mix, &options, &mut NoListener)
+            .expect("shifts")
     };
     let a = shifted(5);
     assert_eq!(a, shifted(5), "same seed, same output");
@@ -193,8 +227,14 @@ fn bad_options_are_typed_errors() {
             ..DemucsOptions::default()
         },
     ] {
-        let err = model.separate(&mix, &options, &mut NoListener).expect_err("invalid");
-        assert_eq!(err.code(), pipeline::ErrorCode::InvalidOption, "{options:?}: {err}");
+        let err = model
+            .separate(&mix, &options, &mut NoListener)
+            .expect_err("invalid");
+        assert_eq!(
+            err.code(),
+            pipeline::ErrorCode::InvalidOption,
+            "{options:?}: {err}"
+        );
     }
     let err = model
         .separate(&[vec![0.0; 10]], &DemucsOptions::default(), &mut NoListener)

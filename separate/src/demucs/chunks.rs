@@ -62,7 +62,9 @@ impl ChunkPlan {
 
     /// `sum_weight[position]` of a pass `length` long: the weights of every chunk covering it.
     pub fn sum_weight(&self, length: usize, position: usize) -> f32 {
-        let first = (position + 1).saturating_sub(self.segment_length).div_ceil(self.stride);
+        let first = (position + 1)
+            .saturating_sub(self.segment_length)
+            .div_ceil(self.stride);
         let last = position / self.stride;
         (first..=last)
             .map(|k| k * self.stride)
@@ -93,7 +95,12 @@ pub struct Chunk {
 
 impl Chunk {
     /// Chunk at `pass_offset` of a pass starting at `pass_origin` and `pass_length` long.
-    pub fn new(plan: &ChunkPlan, pass_origin: isize, pass_length: usize, pass_offset: usize) -> Self {
+    pub fn new(
+        plan: &ChunkPlan,
+        pass_origin: isize,
+        pass_length: usize,
+        pass_offset: usize,
+    ) -> Self {
         let length = plan.chunk_length(pass_length, pass_offset);
         let read_length = plan.segment_length;
         let delta = read_length - length;
@@ -164,7 +171,10 @@ mod tests {
     fn weights_are_the_demucs_triangle() {
         let plan = ChunkPlan::new(5, 0.25, 1.0);
         assert_eq!(plan.stride, 3); // int(0.75 * 5)
-        assert_eq!(plan.weight, [1.0 / 3.0, 2.0 / 3.0, 1.0, 2.0 / 3.0, 1.0 / 3.0]);
+        assert_eq!(
+            plan.weight,
+            [1.0 / 3.0, 2.0 / 3.0, 1.0, 2.0 / 3.0, 1.0 / 3.0]
+        );
         let even = ChunkPlan::new(4, 0.5, 2.0);
         assert_eq!(even.stride, 2);
         assert_eq!(even.weight, [0.25, 1.0, 1.0, 0.25]);
@@ -172,7 +182,8 @@ mod tests {
 
     #[test]
     fn sum_weight_matches_explicit_accumulation() {
-        for (segment, overlap, length) in [(10, 0.25, 37), (9, 0.5, 40), (7, 0.0, 7), (12, 0.9, 5)] {
+        for (segment, overlap, length) in [(10, 0.25, 37), (9, 0.5, 40), (7, 0.0, 7), (12, 0.9, 5)]
+        {
             let plan = ChunkPlan::new(segment, overlap, 1.0);
             let mut explicit = vec![0.0f32; length];
             for offset in plan.offsets(length) {

@@ -119,15 +119,23 @@ impl DemucsModel {
     pub fn load(manifest: &Manifest, options: &RuntimeOptions) -> Result<Self, SeparateError> {
         let name = &manifest.name;
         let bad = |message: String| model_error(name, message);
-        let segment_samples = match manifest.demucs.as_ref().and_then(|t| t.get("segment_samples")) {
+        let segment_samples = match manifest
+            .demucs
+            .as_ref()
+            .and_then(|t| t.get("segment_samples"))
+        {
             Some(value) => value
                 .as_integer()
                 .and_then(|v| usize::try_from(v).ok())
-                .ok_or_else(|| bad(format!("[demucs] segment_samples must be a count, got {value}")))?,
+                .ok_or_else(|| {
+                    bad(format!(
+                        "[demucs] segment_samples must be a count, got {value}"
+                    ))
+                })?,
             None => {
-                let segment = manifest
-                    .segment
-                    .ok_or_else(|| bad("a demucs manifest needs `segment` or [demucs] segment_samples".into()))?;
+                let segment = manifest.segment.ok_or_else(|| {
+                    bad("a demucs manifest needs `segment` or [demucs] segment_samples".into())
+                })?;
                 (f64::from(segment) * f64::from(manifest.sample_rate)) as usize
             }
         };
@@ -138,7 +146,8 @@ impl DemucsModel {
                     .into(),
             ));
         }
-        let spec = HtSpec::new(stft.n_fft, stft.hop, segment_samples).map_err(|e| bad(e.to_string()))?;
+        let spec =
+            HtSpec::new(stft.n_fft, stft.hop, segment_samples).map_err(|e| bad(e.to_string()))?;
         let sources = manifest.sources.len();
         let mut members = Vec::with_capacity(manifest.files.len());
         for file in &manifest.files {
@@ -192,9 +201,16 @@ impl DemucsModel {
         Ok(samples)
     }
 
-    fn check(&self, channels: &[Vec<f32>], options: &DemucsOptions) -> Result<usize, SeparateError> {
+    fn check(
+        &self,
+        channels: &[Vec<f32>],
+        options: &DemucsOptions,
+    ) -> Result<usize, SeparateError> {
         if !(options.overlap.is_finite() && (0.0..1.0).contains(&options.overlap)) {
-            return Err(invalid(format!("overlap must be in [0, 1), got {}", options.overlap)));
+            return Err(invalid(format!(
+                "overlap must be in [0, 1), got {}",
+                options.overlap
+            )));
         }
         if !(options.transition_power >= 1.0 && options.transition_power.is_finite()) {
             return Err(invalid(format!(
@@ -208,7 +224,12 @@ impl DemucsModel {
         if channels.len() != self.channels {
             return Err(SeparateError::Input {
                 code: ErrorCode::InvalidOption,
-                message: format!("model {} takes {} channels, got {}", self.name, self.channels, channels.len()),
+                message: format!(
+                    "model {} takes {} channels, got {}",
+                    self.name,
+                    self.channels,
+                    channels.len()
+                ),
             });
         }
         let frames = channels.first().map_or(0, Vec::len);
@@ -229,7 +250,8 @@ impl DemucsModel {
         options: &DemucsOptions,
         listener: &mut dyn Listener,
     ) -> Result<Vec<Vec<Vec<f32>>>, SeparateError> {
-        self.separate_timed(channels, options, listener).map(|(stems, _)| stems)
+        self.separate_timed(channels, options, listener)
+            .map(|(stems, _)| stems)
     }
 
     /// [`DemucsModel::separate`], also saying where the time went.
@@ -244,53 +266,69 @@ impl DemucsModel {
         let plan = ChunkPlan::new(segment_length, options.overlap, options.transition_power);
         let (mean, std) = normalisation(channels);
 
-        // Every chunk of every shift of every bag member, in apply_model's order.
+        // The shifts of every bag member, in apply_model's order: (origin, length) of each pass
+        // in mix coordinates. Chunks are generated pass by pass, never listed for the track.
         let max_shift = (0.5 * f64::from(self.sample_rate)) as usize;
         let mut rng = ShiftRng::new(options.seed);
-        let mut work: Vec<Vec<Chunk>> = Vec::with_capacity(self.members.len());
-        for _ in &self.members {
-            let mut member_chunks = Vec::new();
-            let passes: Vec<(isize, usize)> = if options.shifts == 0 {
-                vec![(0, frames)]
-            } else {
+        let passes: Vec<Vec<(isize, usize)>> = self
+            .members
+            .iter()
+            .map(|_| {
+                if options.shifts == 0 {
+                    return vec![(0, frames)];
+                }
                 (0..options.shifts)
                     .map(|_| {
                         let offset = rng.inclusive(max_shift);
-                        (offset as isize - max_shift as isize, frames + max_shift - offset)
+                        (
+                            offset as isize - max_shift as isize,
+                            frames + max_shift - offset,
+                        )
                     })
                     .collect()
-            };
-            for (origin, length) in passes {
-                member_chunks.extend(plan.offsets(length).map(|offset| Chunk::new(&plan, origin, length, offset)));
-            }
-            work.push(member_chunks);
-        }
-        let total: usize = work.iter().map(Vec::len).sum();
+            })
+            .collect();
+        let total: usize = passes
+            .iter()
+            .flatten()
+            .map(|&(_, length)| plan.chunk_count(length))
+            .sum();
         let shift_scale = 1.0 / options.shifts.max(1) as f32;
 
         let mut stems = vec![vec![vec![0.0f32; frames]; self.channels]; self.sources];
         let mut runner = ChunkRunner::new(self, options.batch_size);
         let mut timings = DemucsTimings::default();
+        let mut batch = Vec::with_capacity(options.batch_size);
         let mut done = 0;
         listener.progress(0, total);
-        for (member, member_chunks) in self.members.iter().zip(&work) {
+        for (member, member_passes) in self.members.iter().zip(&passes) {
             // Final weight of each source from this member: bag weight / total, × std.
             let source_scale: Vec<f32> = (0..self.sources)
                 .map(|k| member.weights[k] / self.totals[k] * shift_scale * std)
                 .collect();
-            for batch in member_chunks.chunks(options.batch_size) {
-                if listener.cancelled() {
-                    return Err(SeparateError::Cancelled);
+            for &(origin, length) in member_passes {
+                let mut offsets = plan.offsets(length).peekable();
+                while offsets.peek().is_some() {
+                    batch.clear();
+                    batch.extend(
+                        offsets
+                            .by_ref()
+                            .take(options.batch_size)
+                            .map(|offset| Chunk::new(&plan, origin, length, offset)),
+                    );
+                    if listener.cancelled() {
+                        return Err(SeparateError::Cancelled);
+                    }
+                    runner.run(member, &batch, channels, (mean, std), &mut timings)?;
+                    let started = Instant::now();
+                    for (index, chunk) in batch.iter().enumerate() {
+                        runner.accumulate(index, chunk, &plan, &source_scale, &mut stems);
+                    }
+                    timings.overlap_add += started.elapsed();
+                    done += batch.len();
+                    timings.chunks += batch.len();
+                    listener.progress(done, total);
                 }
-                runner.run(member, batch, channels, (mean, std), &mut timings)?;
-                let started = Instant::now();
-                for (index, chunk) in batch.iter().enumerate() {
-                    runner.accumulate(index, chunk, &plan, &source_scale, &mut stems);
-                }
-                timings.overlap_add += started.elapsed();
-                done += batch.len();
-                timings.chunks += batch.len();
-                listener.progress(done, total);
             }
         }
         let started = Instant::now();
@@ -366,10 +404,18 @@ impl<'a> ChunkRunner<'a> {
                 let row = &mut self.mix[(b * channels + c) * length..][..length];
                 // TensorChunk.padded(valid_length), then HTDemucs.forward's zero padding up to
                 // the training length (the tail of `row` stays zero).
-                read_padded(signal, chunk.read_start, &mut row[..chunk.read_length], |x| (x - mean) / std);
+                read_padded(
+                    signal,
+                    chunk.read_start,
+                    &mut row[..chunk.read_length],
+                    |x| (x - mean) / std,
+                );
                 let planes = &mut self.spec[(b * channels + c) * 2 * plane..][..2 * plane];
                 let (re, im) = planes.split_at_mut(plane);
-                model.spec.forward(row, re, im, &mut self.scratch).map_err(stft_error)?;
+                model
+                    .spec
+                    .forward(row, re, im, &mut self.scratch)
+                    .map_err(stft_error)?;
             }
         }
         timings.stft += started.elapsed();
@@ -381,7 +427,10 @@ impl<'a> ChunkRunner<'a> {
         ])?;
         timings.model += started.elapsed();
         let [spec_out, wave_out] = outputs.as_slice() else {
-            return Err(model_error(&model.name, format!("the graph gave {} outputs, not 2", outputs.len())));
+            return Err(model_error(
+                &model.name,
+                format!("the graph gave {} outputs, not 2", outputs.len()),
+            ));
         };
         let want_spec = [batch_len, sources, channels * 2, bins, frames];
         let want_wave = [batch_len, sources, channels, length];
@@ -397,12 +446,16 @@ impl<'a> ChunkRunner<'a> {
 
         let started = Instant::now();
         self.outputs.clear();
-        self.outputs.resize(batch_len * sources * channels * length, 0.0);
+        self.outputs
+            .resize(batch_len * sources * channels * length, 0.0);
         for (index, out) in self.outputs.chunks_exact_mut(length).enumerate() {
             // index = (b * sources + s) * channels + c; cac planes 2c and 2c + 1 of source s.
             let planes = &spec_out.data[index * 2 * plane..][..2 * plane];
             let (re, im) = planes.split_at(plane);
-            model.spec.inverse(re, im, &mut self.branch, &mut self.scratch).map_err(stft_error)?;
+            model
+                .spec
+                .inverse(re, im, &mut self.branch, &mut self.scratch)
+                .map_err(stft_error)?;
             let wave = &wave_out.data[index * length..][..length];
             for ((o, x), xt) in out.iter_mut().zip(&self.branch).zip(wave) {
                 *o = xt + x;
@@ -425,14 +478,17 @@ impl<'a> ChunkRunner<'a> {
         let model = self.model;
         let (channels, length) = (model.channels, model.segment_samples);
         // Kept samples that land inside the mix (a shifted pass starts before it): p ≥ first.
-        let first = usize::try_from(-chunk.output_start).unwrap_or(0).min(chunk.length);
+        let first = usize::try_from(-chunk.output_start)
+            .unwrap_or(0)
+            .min(chunk.length);
         let at = |p: usize| (chunk.output_start + p as isize) as usize;
         let factors: Vec<f32> = (first..chunk.length)
             .map(|p| plan.weight[p] / plan.sum_weight(chunk.pass_length, chunk.pass_offset + p))
             .collect();
         for (s, stem) in stems.iter_mut().enumerate() {
             for (c, out) in stem.iter_mut().enumerate() {
-                let row = &self.outputs[((index * model.sources + s) * channels + c) * length..][..length];
+                let row = &self.outputs[((index * model.sources + s) * channels + c) * length..]
+                    [..length];
                 let kept = &row[chunk.trim_start..chunk.trim_start + chunk.length];
                 let scale = source_scale[s];
                 for (p, factor) in (first..chunk.length).zip(&factors) {

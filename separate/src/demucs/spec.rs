@@ -31,7 +31,10 @@ impl HtSpec {
         if length <= pad + hop {
             return Err(StftError::SignalTooShort {
                 len: length,
-                reason: format!("an HTDemucs chunk must be longer than {} samples", pad + hop),
+                reason: format!(
+                    "an HTDemucs chunk must be longer than {} samples",
+                    pad + hop
+                ),
             });
         }
         let stft = Stft::new(StftConfig {
@@ -73,7 +76,10 @@ impl HtSpec {
         im: &mut [f32],
         scratch: &mut SpecScratch,
     ) -> Result<(), StftError> {
-        if channel.len() != self.length || re.len() != self.bins * self.frames || im.len() != re.len() {
+        if channel.len() != self.length
+            || re.len() != self.bins * self.frames
+            || im.len() != re.len()
+        {
             return Err(StftError::Shape(format!(
                 "chunk of {} samples into {}+{} values; the graph takes {} samples, {}×{}",
                 channel.len(),
@@ -95,7 +101,9 @@ impl HtSpec {
         padded.extend((1..=right).map(|i| channel[last - i]));
         // spectro(...)[..., :-1, :][..., 2:2+le]: frames 2.. of the centred STFT.
         let full_bins = self.stft.bins();
-        scratch.frames.resize(self.frames * full_bins, Complex32::new(0.0, 0.0));
+        scratch
+            .frames
+            .resize(self.frames * full_bins, Complex32::new(0.0, 0.0));
         self.stft
             .forward_frames(padded, 2..2 + self.frames, &mut scratch.frames)?;
         for (t, frame) in scratch.frames.chunks_exact(full_bins).enumerate() {
@@ -139,7 +147,8 @@ impl HtSpec {
         }
         let pad = self.pad();
         let inverse_length = self.hop * self.frames + 2 * pad;
-        let mut ola = crate::stft::OverlapAdd::new(self.stft.clone(), self.frames + 4, Some(inverse_length))?;
+        let mut ola =
+            crate::stft::OverlapAdd::new(self.stft.clone(), self.frames + 4, Some(inverse_length))?;
         // The two zero frames on each side add nothing but count in the window envelope.
         ola.add_frames(2, frames)?;
         let signal = ola.finish()?;
