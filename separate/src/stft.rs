@@ -320,7 +320,9 @@ impl OverlapAdd {
         frames: &[Complex32],
     ) -> Result<(), StftError> {
         let bins = self.stft.bins();
-        if frames.len() % bins != 0 || first_frame + frames.len() / bins > self.total_frames {
+        if !frames.len().is_multiple_of(bins)
+            || first_frame + frames.len() / bins > self.total_frames
+        {
             return Err(StftError::Shape(format!(
                 "{} values from frame {first_frame} do not fit {} frames of {bins} bins",
                 frames.len(),
@@ -342,7 +344,7 @@ impl OverlapAdd {
             // A real signal's DC and Nyquist bins are real; torch's irfft ignores their
             // imaginary parts, so do the same.
             self.buffer[0].im = 0.0;
-            if n_fft % 2 == 0 {
+            if n_fft.is_multiple_of(2) {
                 self.buffer[bins - 1].im = 0.0;
             }
             self.stft

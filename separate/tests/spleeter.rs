@@ -52,14 +52,14 @@ fn synthetic_input(length: usize) -> Vec<Vec<f32>> {
     }
     let tau = 2.0 * std::f64::consts::PI;
     let (mut left, mut right) = (Vec::with_capacity(length), Vec::with_capacity(length));
-    for n in 0..length {
+    for (n, (noise_left, noise_right)) in noise[0].iter().zip(&noise[1]).enumerate() {
         let t = n as f64 / 44_100.0;
         let gate = if (n / 11_025) % 2 == 0 { 1.0 } else { 0.2 };
         let voice = (tau * 220.0 * t + 3.0 * (tau * 5.0 * t).sin()).sin();
         let voice2 = (tau * 330.0 * t + 2.0 * (tau * 4.0 * t).sin()).sin();
         let bass = (tau * 55.0 * t).sin();
-        left.push((0.3 * voice + 0.2 * bass + 0.15 * gate * noise[0][n]) as f32);
-        right.push((0.25 * voice2 + 0.2 * bass + 0.15 * gate * noise[1][n]) as f32);
+        left.push((0.3 * voice + 0.2 * bass + 0.15 * gate * noise_left) as f32);
+        right.push((0.25 * voice2 + 0.2 * bass + 0.15 * gate * noise_right) as f32);
     }
     vec![left, right]
 }
