@@ -515,6 +515,12 @@ impl Config {
         }
     }
 
+    /// The configuration as a `msaas.toml` would say it (`msaas config` shows it).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self)
+            .map_err(|err| ConfigError::Invalid(vec![format!("cannot write as TOML: {err}")]))
+    }
+
     /// The data directory (see [`Config::home`]).
     pub fn home_dir(&self) -> PathBuf {
         self.home.clone().unwrap_or_else(|| {
@@ -603,6 +609,16 @@ mod tests {
             (StorageKind::Local, QueueKind::Memory)
         );
         assert_eq!(config.runtime.device, Device::Cpu);
+    }
+
+    #[test]
+    fn toml_form_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.set("limits.max_duration_secs", "99.5").unwrap();
+        config.set("home", "/data").unwrap();
+        let file = write(dir.path(), &config.to_toml().unwrap());
+        assert_eq!(Config::from_file(&file).unwrap(), config);
     }
 
     #[test]
