@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -241,7 +241,8 @@ impl Worker {
     }
 
     /// Claims and processes messages until `shutdown` is cancelled. A stage running at
-    /// shutdown is cancelled and its message given back, to be resumed by another worker.
+    /// shutdown is cancelled and its message given back, to be resumed by another worker
+    /// (the interrupted delivery counts as one of the job's attempts).
     pub async fn run(&self, shutdown: CancellationToken) {
         let stage = self.stage();
         tracing::info!(%stage, consumer = %self.settings.consumer, "worker started");
@@ -458,7 +459,23 @@ impl Worker {
             watcher_stop.clone(),
         ));
 
-        let result = self.handler.run(job, &ctx).await;
+        // A panicking stage must not take the worker down with the message still claimed:
+        // it becomes an `internal` error, retried and then dead-lettered like any other.
+        let result = std::panic::AssertUnwindSafe(self.handler.run(job, &ctx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                tracing::error!(%stage, job = %job.id, panic = %what, "stage panicked");
+                Err(StageError::new(
+                    ErrorCode::Internal,
+                    format!("{stage} stage panicked: {what}"),
+                ))
+            });
 
         watcher_stop.cancel();
         if let Err(err) = watcher.await {

@@ -29,6 +29,7 @@ enum Behaviour {
     BlockUntilCancelled,
     /// Works, but slowly.
     Slow(Duration),
+    Panic,
 }
 
 struct FakeStage {
@@ -97,6 +98,7 @@ impl StageHandler for FakeStage {
                 return Err(StageError::cancelled());
             }
             Behaviour::Slow(duration) => tokio::time::sleep(duration).await,
+            Behaviour::Panic => panic!("stage bug"),
         }
         ctx.progress.report(Progress { done: 1, total: 2 });
         if let Some(error) = self.failures.lock().unwrap().pop_front() {
@@ -812,5 +814,18 @@ async fn long_stage_keeps_its_claim() {
     assert_eq!(done.state, JobState::Done, "{:?}", done.error);
     assert_eq!(h.handler(Stage::Separate).runs(), 1);
     assert!(done.stages[&Stage::Separate].started_ms.is_some());
+    h.assert_queues_empty().await;
+}
+
+#[tokio::test]
+async fn a_panicking_stage_is_retried_like_an_internal_error() {
+    let h = Harness::new(3, Duration::from_secs(30)).await;
+    h.handler(Stage::Decode).behave([Behaviour::Panic]);
+    let (shutdown, tasks) = h.start_workers();
+    let job = h.submit(b"panic once").await;
+    let done = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(h.handler(Stage::Decode).runs(), 2);
     h.assert_queues_empty().await;
 }
