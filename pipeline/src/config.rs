@@ -4,11 +4,15 @@
 //! 2. a TOML file — the path given (`--config`), else `./msaas.toml` if it exists;
 //! 3. environment variables `MSAAS_<KEY>`: the TOML key path upper-cased with `__` between
 //!    sections, e.g. `MSAAS_LIMITS__MAX_DURATION_SECS=600`, `MSAAS_WORKER__MAX_ATTEMPTS=5`,
-//!    `MSAAS_MODEL=htdemucs`, `MSAAS_HOME=/data/msaas`. Variables whose first part names no
+//!    `MSAAS_MODELS__DEFAULT_MODEL=htdemucs`, `MSAAS_HOME=/data/msaas`. Variables whose first part names no
 //!    top-level key (e.g. `MSAAS_LOG`, read by `observe`) are left to their owners; a known
 //!    section with an unknown key is an error;
 //! 4. command-line flags, through [`Config::set`] / [`Config::apply_overrides`] with the same
 //!    dotted keys (`limits.max_duration_secs`), or by assigning fields.
+//!
+//! Paths left empty are derived from `home` when loading (`models.dir` = `{home}/models`,
+//! `models.ort_library` = `{home}/lib/libonnxruntime.so.1.31.1`, `storage.dir` =
+//! `{home}/data`), so after [`Config::load`] every path field is usable as is.
 //!
 //! Then [`Config::validate`] reports every problem at once, each naming its key and value.
 //! Secrets (S3 keys) are not configuration: they come from the standard AWS variables.
@@ -19,7 +23,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{WorkerSettings, default_consumer_name};
+use crate::worker::WorkerSettings;
+pub use crate::worker::default_consumer_name;
 
 /// The file looked for in the working directory when none is given.
 pub const DEFAULT_FILE: &str = "msaas.toml";
@@ -46,13 +51,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Data directory (`MSAAS_HOME`); unset: `$XDG_DATA_HOME/msaas`, else `~/.local/share/msaas`.
-    pub home: Option<PathBuf>,
-    /// Model folders (`<name>/manifest.toml`); unset: `{home}/models`.
-    pub models_dir: Option<PathBuf>,
-    /// Model used when a job names none: a registry name or a manifest path.
-    pub model: String,
-    pub runtime: RuntimeConfig,
+    /// Data directory (`MSAAS_HOME`); empty: `$XDG_DATA_HOME/msaas`, else
+    /// `~/.local/share/msaas`.
+    pub home: PathBuf,
+    pub models: ModelsConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
     pub queue: QueueConfig,
@@ -64,10 +66,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            home: None,
-            models_dir: None,
-            model: "spleeter-2stems".to_owned(),
-            runtime: RuntimeConfig::default(),
+            home: PathBuf::new(),
+            models: ModelsConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             queue: QueueConfig::default(),
@@ -78,15 +78,31 @@ impl Default for Config {
     }
 }
 
-/// Model inference (ONNX Runtime).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The models and the runtime that runs them (ONNX Runtime).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// `libonnxruntime.so`; unset: `{home}/lib/libonnxruntime.so.1.31.1`.
-    pub ort_library: Option<PathBuf>,
+pub struct ModelsConfig {
+    /// Model folders (`<name>/manifest.toml` + `.onnx`); empty: `{home}/models`.
+    pub dir: PathBuf,
+    /// Model used when a job names none: a registry name or a manifest path.
+    pub default_model: String,
+    /// `libonnxruntime.so`; empty: `{home}/lib/libonnxruntime.so.1.31.1`.
+    pub ort_library: PathBuf,
     pub device: Device,
-    /// Threads per model run; 0 lets ONNX Runtime use every core.
-    pub intra_threads: usize,
+    /// Intra-op threads per model run; unset: every core.
+    pub threads: Option<usize>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            default_model: "spleeter-2stems".to_owned(),
+            ort_library: PathBuf::new(),
+            device: Device::Cpu,
+            threads: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -95,6 +111,36 @@ pub enum Device {
     #[default]
     Cpu,
     Cuda,
+}
+
+impl Device {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = crate::error::CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            _ => Err(crate::error::CodedError::new(
+                crate::error::ErrorCode::InvalidOption,
+                format!("unknown device {s:?} (expected cpu or cuda)"),
+            )),
+        }
+    }
 }
 
 /// What decode accepts; beyond these a job fails with a clear code.
@@ -134,8 +180,8 @@ pub enum StorageKind {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub kind: StorageKind,
-    /// Root of the local store; unset: `{home}/data`.
-    pub dir: Option<PathBuf>,
+    /// Root of the local store; empty: `{home}/data`.
+    pub dir: PathBuf,
     pub s3: S3Config,
 }
 
@@ -197,8 +243,6 @@ pub struct WorkerConfig {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub claim_wait_ms: u64,
-    /// Queue consumer name; unset: `{hostname}-{pid}`.
-    pub consumer: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -209,7 +253,6 @@ impl Default for WorkerConfig {
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
             claim_wait_ms: 5_000,
-            consumer: None,
         }
     }
 }
@@ -219,14 +262,16 @@ impl WorkerConfig {
         Duration::from_secs(self.visibility_timeout_secs)
     }
 
-    pub fn settings(&self) -> WorkerSettings {
+    /// Settings for one worker; `consumer` names it on the queue (unique per worker, e.g.
+    /// [`default_consumer_name`] plus an index).
+    pub fn settings(&self, consumer: impl Into<String>) -> WorkerSettings {
         WorkerSettings {
             max_attempts: self.max_attempts,
             visibility_timeout: self.visibility_timeout(),
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             claim_wait: Duration::from_millis(self.claim_wait_ms),
-            consumer: self.consumer.clone().unwrap_or_else(default_consumer_name),
+            consumer: consumer.into(),
             ..WorkerSettings::default()
         }
     }
@@ -272,15 +317,30 @@ impl Config {
         };
         let env: Vec<(String, String)> = env.into_iter().collect();
         config.apply_env(&env)?;
-        if config.home.is_none() {
-            let lookup = |name: &str| {
-                env.iter()
-                    .find(|(key, _)| key == name)
-                    .map(|(_, value)| value.clone())
-            };
-            config.home = Some(default_home(lookup("XDG_DATA_HOME"), lookup("HOME")));
-        }
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        config.resolve_paths(lookup("XDG_DATA_HOME"), lookup("HOME"));
         Ok(config)
+    }
+
+    /// Fills the empty path fields: `home` from the data-dir convention (given the values
+    /// of `XDG_DATA_HOME` and `HOME`), the others from `home`. Set paths stay as they are.
+    pub fn resolve_paths(&mut self, xdg_data_home: Option<String>, user_home: Option<String>) {
+        if self.home.as_os_str().is_empty() {
+            self.home = default_home(xdg_data_home, user_home);
+        }
+        if self.models.dir.as_os_str().is_empty() {
+            self.models.dir = self.home.join("models");
+        }
+        if self.models.ort_library.as_os_str().is_empty() {
+            self.models.ort_library = self.home.join("lib").join(ORT_LIBRARY_FILE);
+        }
+        if self.storage.dir.as_os_str().is_empty() {
+            self.storage.dir = self.home.join("data");
+        }
     }
 
     /// Defaults < this file.
@@ -378,8 +438,7 @@ impl Config {
     }
 
     fn top_level_keys(&self) -> Result<Vec<String>, ConfigError> {
-        // Optional keys that are unset do not serialize; name them explicitly.
-        let mut keys: Vec<String> = vec!["home".into(), "models_dir".into()];
+        let mut keys: Vec<String> = Vec::new();
         let table = toml::Table::try_from(self)
             .map_err(|err| ConfigError::Invalid(vec![format!("cannot represent: {err}")]))?;
         keys.extend(table.keys().cloned());
@@ -392,8 +451,19 @@ impl Config {
         let mut problem = |key: &str, value: &dyn std::fmt::Debug, why: &str| {
             problems.push(format!("{key} = {value:?}: {why}"));
         };
-        if self.model.trim().is_empty() {
-            problem("model", &self.model, "must name a model");
+        if self.models.default_model.trim().is_empty() {
+            problem(
+                "models.default_model",
+                &self.models.default_model,
+                "must name a model",
+            );
+        }
+        if self.models.threads == Some(0) {
+            problem(
+                "models.threads",
+                &0,
+                "must be at least 1 (leave it unset to use every core)",
+            );
         }
         let limits = &self.limits;
         if limits.max_input_bytes == 0 {
@@ -496,11 +566,6 @@ impl Config {
                 "must be at least 1",
             );
         }
-        if let Some(consumer) = &worker.consumer
-            && consumer.trim().is_empty()
-        {
-            problem("worker.consumer", consumer, "must not be empty when set");
-        }
         if self.server.listen.parse::<SocketAddr>().is_err() {
             problem(
                 "server.listen",
@@ -521,35 +586,39 @@ impl Config {
             .map_err(|err| ConfigError::Invalid(vec![format!("cannot write as TOML: {err}")]))
     }
 
-    /// The data directory (see [`Config::home`]).
+    /// The data directory (see [`Config::home`]); from the process environment if unresolved.
     pub fn home_dir(&self) -> PathBuf {
-        self.home.clone().unwrap_or_else(|| {
+        if self.home.as_os_str().is_empty() {
             default_home(
                 std::env::var("XDG_DATA_HOME").ok(),
                 std::env::var("HOME").ok(),
             )
-        })
+        } else {
+            self.home.clone()
+        }
     }
 
     pub fn models_dir(&self) -> PathBuf {
-        self.models_dir
-            .clone()
-            .unwrap_or_else(|| self.home_dir().join("models"))
+        or_under_home(&self.models.dir, || self.home_dir().join("models"))
     }
 
     pub fn ort_library(&self) -> PathBuf {
-        self.runtime
-            .ort_library
-            .clone()
-            .unwrap_or_else(|| self.home_dir().join("lib").join(ORT_LIBRARY_FILE))
+        or_under_home(&self.models.ort_library, || {
+            self.home_dir().join("lib").join(ORT_LIBRARY_FILE)
+        })
     }
 
     /// Root of the local blob store.
     pub fn storage_dir(&self) -> PathBuf {
-        self.storage
-            .dir
-            .clone()
-            .unwrap_or_else(|| self.home_dir().join("data"))
+        or_under_home(&self.storage.dir, || self.home_dir().join("data"))
+    }
+}
+
+fn or_under_home(path: &Path, derived: impl FnOnce() -> PathBuf) -> PathBuf {
+    if path.as_os_str().is_empty() {
+        derived()
+    } else {
+        path.to_owned()
     }
 }
 
@@ -594,21 +663,23 @@ mod tests {
     fn defaults_are_valid_and_as_documented() {
         let config = Config::default();
         config.validate().unwrap();
-        assert_eq!(config.model, "spleeter-2stems");
+        assert_eq!(config.models.default_model, "spleeter-2stems");
         assert_eq!(config.limits.max_input_bytes, 1 << 30);
         assert_eq!(config.limits.max_duration_secs, 10_800.0);
         assert_eq!(config.limits.max_channels, 8);
         assert_eq!(config.limits.min_duration_secs, 0.1);
         assert_eq!(config.worker.max_attempts, 3);
         assert_eq!(config.worker.visibility_timeout(), Duration::from_secs(300));
-        let settings = config.worker.settings();
+        let settings = config.worker.settings("w-1");
+        assert_eq!(settings.consumer, "w-1");
         assert_eq!(settings.backoff_base, Duration::from_secs(1));
         assert_eq!(settings.backoff_max, Duration::from_secs(60));
         assert_eq!(
             (config.storage.kind, config.queue.kind),
             (StorageKind::Local, QueueKind::Memory)
         );
-        assert_eq!(config.runtime.device, Device::Cpu);
+        assert_eq!(config.models.device, Device::Cpu);
+        assert_eq!(config.models.threads, None);
     }
 
     #[test]
@@ -627,7 +698,8 @@ mod tests {
         let file = write(
             dir.path(),
             r#"
-model = "htdemucs"
+[models]
+default_model = "htdemucs"
 [limits]
 max_duration_secs = 600
 max_channels = 4
@@ -638,7 +710,7 @@ backoff_base_ms = 200
         );
         // File over defaults; untouched keys keep their defaults.
         let from_file = Config::load_from(Some(&file), env(&[])).unwrap();
-        assert_eq!(from_file.model, "htdemucs");
+        assert_eq!(from_file.models.default_model, "htdemucs");
         assert_eq!(from_file.limits.max_duration_secs, 600.0);
         assert_eq!(from_file.limits.max_channels, 4);
         assert_eq!(from_file.limits.max_input_bytes, 1 << 30);
@@ -648,9 +720,10 @@ backoff_base_ms = 200
         let vars = env(&[
             ("MSAAS_LIMITS__MAX_DURATION_SECS", "120.5"),
             ("MSAAS_WORKER__MAX_ATTEMPTS", "7"),
-            ("MSAAS_MODEL", "1234"),
+            ("MSAAS_MODELS__DEFAULT_MODEL", "1234"),
+            ("MSAAS_MODELS__THREADS", "4"),
             ("MSAAS_HOME", "/srv/msaas"),
-            ("MSAAS_RUNTIME__DEVICE", "cuda"),
+            ("MSAAS_MODELS__DEVICE", "cuda"),
             ("MSAAS_EVENTS__NATS_URL", "nats://127.0.0.1:4222"),
             ("MSAAS_LOG", "debug"),
             ("OTHER", "x"),
@@ -660,9 +733,10 @@ backoff_base_ms = 200
         assert_eq!(config.limits.max_channels, 4, "from the file");
         assert_eq!(config.worker.max_attempts, 7);
         assert_eq!(config.worker.backoff_base_ms, 200, "from the file");
-        assert_eq!(config.model, "1234", "text stays text");
-        assert_eq!(config.home, Some(PathBuf::from("/srv/msaas")));
-        assert_eq!(config.runtime.device, Device::Cuda);
+        assert_eq!(config.models.default_model, "1234", "text stays text");
+        assert_eq!(config.models.threads, Some(4));
+        assert_eq!(config.home, PathBuf::from("/srv/msaas"));
+        assert_eq!(config.models.device, Device::Cuda);
         assert_eq!(
             config.events.nats_url.as_deref(),
             Some("nats://127.0.0.1:4222")
@@ -670,19 +744,38 @@ backoff_base_ms = 200
 
         // Flags over environment.
         config
-            .apply_overrides([("limits.max_duration_secs", "60"), ("model", "mdx")])
+            .apply_overrides([
+                ("limits.max_duration_secs", "60"),
+                ("models.default_model", "mdx"),
+            ])
             .unwrap();
         assert_eq!(config.limits.max_duration_secs, 60.0);
-        assert_eq!(config.model, "mdx");
+        assert_eq!(config.models.default_model, "mdx");
         assert_eq!(config.worker.max_attempts, 7, "from the environment");
         config.validate().unwrap();
 
+        // Paths derived from home at load, unless set.
+        assert_eq!(config.models.dir, PathBuf::from("/srv/msaas/models"));
         assert_eq!(config.models_dir(), PathBuf::from("/srv/msaas/models"));
+        assert_eq!(
+            config.models.ort_library,
+            PathBuf::from("/srv/msaas/lib/libonnxruntime.so.1.31.1")
+        );
         assert_eq!(
             config.ort_library(),
             PathBuf::from("/srv/msaas/lib/libonnxruntime.so.1.31.1")
         );
         assert_eq!(config.storage_dir(), PathBuf::from("/srv/msaas/data"));
+        assert_eq!(config.storage.dir, PathBuf::from("/srv/msaas/data"));
+        let set_dir = Config::load_from(
+            Some(&file),
+            env(&[
+                ("MSAAS_HOME", "/srv/msaas"),
+                ("MSAAS_MODELS__DIR", "/models"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(set_dir.models.dir, PathBuf::from("/models"));
     }
 
     #[test]
@@ -692,11 +785,11 @@ backoff_base_ms = 200
             env(&[("XDG_DATA_HOME", "/xdg"), ("HOME", "/home/u")]),
         );
         // An empty file is a valid file.
-        assert_eq!(xdg.unwrap().home, Some(PathBuf::from("/xdg/msaas")));
+        assert_eq!(xdg.unwrap().home, PathBuf::from("/xdg/msaas"));
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "");
         let home = Config::load_from(Some(&file), env(&[("HOME", "/home/u")])).unwrap();
-        assert_eq!(home.home, Some(PathBuf::from("/home/u/.local/share/msaas")));
+        assert_eq!(home.home, PathBuf::from("/home/u/.local/share/msaas"));
         let explicit = Config::load_from(
             Some(&file),
             env(&[("HOME", "/home/u"), ("MSAAS_HOME", "/data")]),
@@ -737,7 +830,7 @@ backoff_base_ms = 200
             env(&[
                 ("MSAAS_WORKER__MAX_ATTEMPTS", "three"),
                 ("MSAAS_LIMITS__MAX_DURATON_SECS", "5"),
-                ("MSAAS_RUNTIME__DEVICE", "tpu"),
+                ("MSAAS_MODELS__DEVICE", "tpu"),
             ]),
         )
         .unwrap_err();
@@ -756,7 +849,7 @@ backoff_base_ms = 200
         assert!(
             problems
                 .iter()
-                .any(|p| p.contains("MSAAS_RUNTIME__DEVICE") && p.contains("tpu"))
+                .any(|p| p.contains("MSAAS_MODELS__DEVICE") && p.contains("tpu"))
         );
     }
 
@@ -774,7 +867,7 @@ backoff_base_ms = 200
         config.set("storage.dir", "/tmp/store").unwrap();
         assert!(!config.storage.s3.path_style);
         assert_eq!(config.queue.url.as_deref(), Some("redis://127.0.0.1:6379"));
-        assert_eq!(config.storage.dir, Some(PathBuf::from("/tmp/store")));
+        assert_eq!(config.storage.dir, PathBuf::from("/tmp/store"));
     }
 
     #[test]
@@ -782,7 +875,8 @@ backoff_base_ms = 200
         let mut config = Config::default();
         config
             .apply_overrides([
-                ("model", " "),
+                ("models.default_model", " "),
+                ("models.threads", "0"),
                 ("limits.max_duration_secs", "0"),
                 ("limits.max_channels", "0"),
                 ("storage.kind", "s3"),
@@ -798,7 +892,8 @@ backoff_base_ms = 200
             panic!("expected Invalid");
         };
         let expected = [
-            "model = \" \": must name a model",
+            "models.default_model = \" \": must name a model",
+            "models.threads = 0: must be at least 1 (leave it unset to use every core)",
             "limits.max_duration_secs = 0.0: must be a positive number of seconds",
             "limits.max_channels = 0: must be at least 1",
             "storage.s3.bucket = \"\": must be set when storage.kind = \"s3\"",

@@ -18,4 +18,6 @@ pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
 pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue};
-pub use worker::{Outcome, Worker, WorkerSettings, cancel, submit, wait_until_finished};
+pub use worker::{
+    Outcome, Worker, WorkerSettings, cancel, submit, submit_file, wait_until_finished,
+};

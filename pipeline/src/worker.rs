@@ -12,6 +12,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -746,6 +747,35 @@ pub async fn submit(
     publish(backends, EventKind::Queued, &job, None).await;
     tracing::info!(job = %job.id, tenant = %job.tenant, "job queued");
     Ok(job)
+}
+
+/// [`submit`] of a local file (`msaas run`), streamed, never read whole into memory. A
+/// missing file is `not_found`; a directory or an unreadable file is `bad_request`.
+pub async fn submit_file(
+    backends: &Backends,
+    job: Job,
+    path: &Path,
+    limit: Option<u64>,
+) -> Result<Job, CodedError> {
+    let unreadable = |err: std::io::Error| {
+        let code = if err.kind() == std::io::ErrorKind::NotFound {
+            ErrorCode::NotFound
+        } else {
+            ErrorCode::BadRequest
+        };
+        CodedError::new(code, format!("cannot read {}: {err}", path.display()))
+    };
+    let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    if file.metadata().await.map_err(unreadable)?.is_dir() {
+        return Err(CodedError::new(
+            ErrorCode::BadRequest,
+            format!("{} is a directory, not an audio file", path.display()),
+        ));
+    }
+    let body = tokio_util::io::ReaderStream::new(file)
+        .map(|chunk| chunk.map_err(BackendError::from))
+        .boxed();
+    submit(backends, job, body, limit, None).await
 }
 
 /// Cancels a job that has not finished: the record moves to `cancelled` (a running stage

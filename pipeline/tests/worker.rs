@@ -829,3 +829,41 @@ async fn a_panicking_stage_is_retried_like_an_internal_error() {
     assert_eq!(h.handler(Stage::Decode).runs(), 2);
     h.assert_queues_empty().await;
 }
+
+#[tokio::test]
+async fn submit_file_streams_a_local_file_and_refuses_bad_paths() {
+    let h = Harness::new(3, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("song.txt");
+    std::fs::write(&path, b"from a file").unwrap();
+    let new_job = || {
+        Job::new(
+            "local",
+            "song",
+            JobOptions {
+                model: "fake".into(),
+                ..JobOptions::default()
+            },
+        )
+    };
+    let job = pipeline::submit_file(&h.backends, new_job(), &path, None)
+        .await
+        .unwrap();
+    assert_eq!(h.read(&keys::source(&job.id)).await, b"from a file");
+    assert_eq!(h.queue.depth(Stage::Decode).await.unwrap().waiting, 1);
+
+    let missing = pipeline::submit_file(&h.backends, new_job(), &dir.path().join("nope"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, ErrorCode::NotFound);
+    let directory = pipeline::submit_file(&h.backends, new_job(), dir.path(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(directory.code, ErrorCode::BadRequest);
+    assert!(directory.message.contains("directory"), "{directory}");
+    let too_big = pipeline::submit_file(&h.backends, new_job(), &path, Some(4))
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code, ErrorCode::TooLarge);
+    assert_eq!(h.backends.jobs.list("local", 10).await.unwrap().len(), 1);
+}

@@ -19,13 +19,17 @@ pub struct LocalEvents {
 
 impl Default for LocalEvents {
     fn default() -> Self {
-        Self::new(DEFAULT_CAPACITY)
+        Self::new()
     }
 }
 
 impl LocalEvents {
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
     /// `capacity` (at least 1) is how many events a subscriber may lag behind.
-    pub fn new(capacity: usize) -> Self {
+    pub fn with_capacity(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
         Self { sender }
     }
@@ -112,7 +116,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_subscriber_skips_but_keeps_going() {
-        let bus = LocalEvents::new(2);
+        let bus = LocalEvents::with_capacity(2);
         let job = JobId::new_random();
         let mut events = bus.subscribe(Some(&job)).await.unwrap();
         for kind in [

@@ -89,7 +89,7 @@ mod tests {
     fn embedded_from_config_refuses_server_backends() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
-        config.storage.dir = Some(dir.path().join("store"));
+        config.storage.dir = dir.path().join("store");
         Backends::embedded_from_config(&config).unwrap();
         assert!(dir.path().join("store").is_dir());
 
