@@ -136,7 +136,7 @@ fn batching_chunks_changes_nothing() {
         .separate(&mix, &DemucsOptions::default(), &mut NoListener)
         .expect("batch 1");
     let options = DemucsOptions {
-        batch_size: 3,
+        batch_size: Some(3),
         ..DemucsOptions::default()
     };
     let three = model
@@ -223,7 +223,7 @@ fn bad_options_are_typed_errors() {
             ..DemucsOptions::default()
         },
         DemucsOptions {
-            batch_size: 0,
+            batch_size: Some(0),
             ..DemucsOptions::default()
         },
     ] {

@@ -37,8 +37,9 @@ pub struct DemucsOptions {
     pub seed: u64,
     /// `transition_power` of the chunk weights, ≥ 1.
     pub transition_power: f64,
-    /// Chunks per graph run (the batch axis is dynamic). 1 on a CPU; more on a GPU.
-    pub batch_size: usize,
+    /// Chunks per graph run (the batch axis is dynamic); `None`: the model's default for its
+    /// device — 1 on a CPU (batching gains nothing there and costs memory), 4 on a GPU.
+    pub batch_size: Option<usize>,
 }
 
 impl Default for DemucsOptions {
@@ -49,7 +50,7 @@ impl Default for DemucsOptions {
             shifts: 0,
             seed: 0,
             transition_power: 1.0,
-            batch_size: 1,
+            batch_size: None,
         }
     }
 }
@@ -82,6 +83,9 @@ pub struct DemucsTimings {
     pub chunks: usize,
 }
 
+/// Separated sources in manifest order, each planar (channels × frames).
+pub type Stems = Vec<Vec<Vec<f32>>>;
+
 /// One graph of the bag and its per-source weights.
 #[derive(Debug)]
 struct BagMember {
@@ -102,6 +106,8 @@ pub struct DemucsModel {
     members: Vec<BagMember>,
     /// `totals[k]` of `apply_model`'s bag branch: the sum of source k's weights.
     totals: Vec<f32>,
+    /// Chunks per graph run when the options do not say.
+    default_batch_size: usize,
 }
 
 fn model_error(name: &str, message: impl Into<String>) -> SeparateError {
@@ -179,6 +185,10 @@ impl DemucsModel {
             spec,
             members,
             totals,
+            default_batch_size: match options.device {
+                crate::runtime::Device::Cpu => 1,
+                crate::runtime::Device::Cuda { .. } => 4,
+            },
         })
     }
 
@@ -218,7 +228,7 @@ impl DemucsModel {
                 options.transition_power
             )));
         }
-        if options.batch_size == 0 {
+        if options.batch_size == Some(0) {
             return Err(invalid("batch_size must be at least 1".into()));
         }
         if channels.len() != self.channels {
@@ -249,7 +259,7 @@ impl DemucsModel {
         channels: &[Vec<f32>],
         options: &DemucsOptions,
         listener: &mut dyn Listener,
-    ) -> Result<Vec<Vec<Vec<f32>>>, SeparateError> {
+    ) -> Result<Stems, SeparateError> {
         self.separate_timed(channels, options, listener)
             .map(|(stems, _)| stems)
     }
@@ -260,10 +270,11 @@ impl DemucsModel {
         channels: &[Vec<f32>],
         options: &DemucsOptions,
         listener: &mut dyn Listener,
-    ) -> Result<(Vec<Vec<Vec<f32>>>, DemucsTimings), SeparateError> {
+    ) -> Result<(Stems, DemucsTimings), SeparateError> {
         let frames = self.check(channels, options)?;
         let segment_length = self.segment_length(options)?;
         let plan = ChunkPlan::new(segment_length, options.overlap, options.transition_power);
+        let batch_size = options.batch_size.unwrap_or(self.default_batch_size);
         let (mean, std) = normalisation(channels);
 
         // The shifts of every bag member, in apply_model's order: (origin, length) of each pass
@@ -296,9 +307,9 @@ impl DemucsModel {
         let shift_scale = 1.0 / options.shifts.max(1) as f32;
 
         let mut stems = vec![vec![vec![0.0f32; frames]; self.channels]; self.sources];
-        let mut runner = ChunkRunner::new(self, options.batch_size);
+        let mut runner = ChunkRunner::new(self, batch_size);
         let mut timings = DemucsTimings::default();
-        let mut batch = Vec::with_capacity(options.batch_size);
+        let mut batch = Vec::with_capacity(batch_size);
         let mut done = 0;
         listener.progress(0, total);
         for (member, member_passes) in self.members.iter().zip(&passes) {
@@ -313,7 +324,7 @@ impl DemucsModel {
                     batch.extend(
                         offsets
                             .by_ref()
-                            .take(options.batch_size)
+                            .take(batch_size)
                             .map(|offset| Chunk::new(&plan, origin, length, offset)),
                     );
                     if listener.cancelled() {

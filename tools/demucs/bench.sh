@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: msaas (Rust + ONNX Runtime) vs PyTorch demucs.apply.apply_model on
+# the same full-size random-init htdemucs weights, 60 s stereo, shifts=0, overlap 0.25.
+# Needs the reference venv (torch, demucs, onnx; default /opt/refvenv) and ONNX Runtime
+# (tools/setup). Heavy: exports a ~170 MB ONNX and runs minutes; run on demand only.
+#
+#   tools/demucs/bench.sh [WORKDIR]        env: PYTHON, SECONDS_OF_AUDIO, THREADS, SEED
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="${1:-${TMPDIR:-/tmp}/msaas-demucs-bench}"
+python="${PYTHON:-/opt/refvenv/bin/python}"
+seconds="${SECONDS_OF_AUDIO:-60}"
+threads="${THREADS:-$(nproc)}"
+seed="${SEED:-7}"
+mkdir -p "$work"
+
+if [ ! -f "$work/model/manifest.toml" ]; then
+  echo "exporting full-size htdemucs (random init, seed $seed) to $work/model" >&2
+  (cd "$here" && "$python" export.py htdemucs --random-init --seed "$seed" --out "$work/model" >&2)
+fi
+"$python" "$here/bench_reference.py" make-input "$work/mix.f32" --seconds "$seconds"
+
+echo "building the Rust bench" >&2
+(cd "$root" && cargo bench -p separate --bench demucs --no-run >&2)
+
+echo "running msaas" >&2
+rust_json="$(cd "$root" && DEMUCS_BENCH_MODEL="$work/model/manifest.toml" DEMUCS_BENCH_INPUT="$work/mix.f32" \
+  DEMUCS_BENCH_OUTPUT="$work/msaas.f32" DEMUCS_BENCH_THREADS="$threads" \
+  cargo bench -q -p separate --bench demucs 2>/dev/null | grep '^{')"
+echo "running PyTorch" >&2
+torch_json="$(cd "$here" && "$python" bench_reference.py run --seed "$seed" --input "$work/mix.f32" \
+  --output "$work/pytorch.f32" --threads "$threads" 2>/dev/null | grep '^{')"
+echo "running the Python pipeline around the ONNX graph (pipeline parity)" >&2
+core_json="$(cd "$here" && "$python" bench_reference.py run --seed "$seed" --input "$work/mix.f32" \
+  --output "$work/pyort.f32" --threads "$threads" --onnx-core "$work/model/htdemucs.onnx" 2>/dev/null | grep '^{')"
+echo "$rust_json"
+echo "$torch_json"
+echo "$core_json"
+echo "parity vs PyTorch end to end: $("$python" "$here/bench_reference.py" compare "$work/msaas.f32" "$work/pytorch.f32")"
+echo "parity vs the Python pipeline on the same ONNX graph: $("$python" "$here/bench_reference.py" compare "$work/msaas.f32" "$work/pyort.f32")"
