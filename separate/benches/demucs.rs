@@ -36,10 +36,14 @@ fn main() {
         std::env::var_os("DEMUCS_BENCH_MODEL"),
         std::env::var_os("DEMUCS_BENCH_INPUT"),
     ) else {
-        eprintln!("demucs bench: set DEMUCS_BENCH_MODEL and DEMUCS_BENCH_INPUT (see tools/demucs/bench.sh); skipping");
+        eprintln!(
+            "demucs bench: set DEMUCS_BENCH_MODEL and DEMUCS_BENCH_INPUT (see tools/demucs/bench.sh); skipping"
+        );
         return;
     };
-    let threads = std::env::var("DEMUCS_BENCH_THREADS").ok().and_then(|t| t.parse().ok());
+    let threads = std::env::var("DEMUCS_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok());
     let manifest = Manifest::load(&PathBuf::from(model)).expect("manifest");
     let runtime = RuntimeOptions {
         intra_threads: threads,
@@ -61,7 +65,12 @@ fn main() {
     let audio_s = frames as f64 / f64::from(manifest.sample_rate);
 
     if let Some(output) = std::env::var_os("DEMUCS_BENCH_OUTPUT") {
-        let bytes: Vec<u8> = stems.iter().flatten().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = stems
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         std::fs::write(output, bytes).expect("write the output");
     }
     println!(
