@@ -13,6 +13,7 @@ pub mod runtime;
 mod stage;
 pub mod stft;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use pipeline::{ErrorCode, Pcm};
@@ -325,7 +326,7 @@ impl Separator {
 
     /// The input at the model's rate and channel count (as demucs `convert_audio` does for
     /// channels: mono is repeated, extra channels are dropped).
-    fn conform(&self, pcm: &Pcm) -> Result<Vec<Vec<f32>>, SeparateError> {
+    fn conform<'a>(&self, pcm: &'a Pcm) -> Result<Cow<'a, [Vec<f32>]>, SeparateError> {
         if pcm.frames() == 0 || pcm.channels.is_empty() {
             return Err(SeparateError::Input {
                 code: ErrorCode::EmptyInput,
@@ -345,12 +346,11 @@ impl Separator {
         }
         let wanted = self.manifest.audio_channels;
         Ok(match pcm.channels.len() {
-            n if n == wanted => pcm.channels.clone(),
-            1 => vec![pcm.channels[0].clone(); wanted],
-            n if n > wanted => pcm.channels[..wanted].to_vec(),
+            n if n >= wanted => Cow::Borrowed(&pcm.channels[..wanted]),
+            1 => Cow::Owned(vec![pcm.channels[0].clone(); wanted]),
             n => {
                 return Err(SeparateError::Input {
-                    code: ErrorCode::TooManyChannels,
+                    code: ErrorCode::UnsupportedFormat,
                     message: format!("model {} takes {wanted} channels, got {n}", self.name()),
                 });
             }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use pipeline::Pcm;
-use separate::{Manifest, NoListener, SeparateOptions, Separator, runtime::RuntimeOptions};
+use separate::{Device, Manifest, NoListener, SeparateOptions, Separator, runtime::RuntimeOptions};
 
 fn manifest_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/mdx/{name}.toml"))
@@ -109,4 +109,19 @@ fn bins_above_dim_f_are_left_to_the_residual() {
     );
     let residual_err = max_diff(&stems[1].1.channels[0], &mix.channels[0]);
     assert!(residual_err < 0.05, "{residual_err}");
+}
+
+#[test]
+fn cuda_asked_for_and_unavailable_is_an_error_not_a_cpu_fallback() {
+    let options = RuntimeOptions {
+        device: Device::Cuda { device_id: 0 },
+        ..RuntimeOptions::default()
+    };
+    let err = Separator::load(
+        &manifest_path("identity").display().to_string(),
+        std::path::Path::new("/nonexistent"),
+        &options,
+    )
+    .expect_err("no CUDA here (CPU-only ONNX Runtime)");
+    assert_eq!(err.code(), pipeline::ErrorCode::DeviceUnavailable, "{err}");
 }
