@@ -155,6 +155,9 @@ pub struct LimitsConfig {
     pub min_duration_secs: f64,
     /// Source channels (`too_many_channels`).
     pub max_channels: u16,
+    /// Fraction of packets that may be corrupt (skipped, as ffmpeg does) before the whole
+    /// file counts as corrupt (`corrupt_audio`).
+    pub max_skipped_fraction: f64,
 }
 
 impl Default for LimitsConfig {
@@ -164,6 +167,7 @@ impl Default for LimitsConfig {
             max_duration_secs: 3.0 * 3600.0,
             min_duration_secs: 0.1,
             max_channels: 8,
+            max_skipped_fraction: 0.5,
         }
     }
 }
@@ -496,6 +500,13 @@ impl Config {
                     "must be less than limits.max_duration_secs ({})",
                     limits.max_duration_secs
                 ),
+            );
+        }
+        if !(0.0..=1.0).contains(&limits.max_skipped_fraction) {
+            problem(
+                "limits.max_skipped_fraction",
+                &limits.max_skipped_fraction,
+                "must be between 0 and 1",
             );
         }
         if limits.max_channels == 0 {
@@ -879,6 +890,7 @@ backoff_base_ms = 200
                 ("models.threads", "0"),
                 ("limits.max_duration_secs", "0"),
                 ("limits.max_channels", "0"),
+                ("limits.max_skipped_fraction", "1.5"),
                 ("storage.kind", "s3"),
                 ("queue.kind", "redis"),
                 ("events.nats_url", "http://nats"),
@@ -896,6 +908,7 @@ backoff_base_ms = 200
             "models.threads = 0: must be at least 1 (leave it unset to use every core)",
             "limits.max_duration_secs = 0.0: must be a positive number of seconds",
             "limits.max_channels = 0: must be at least 1",
+            "limits.max_skipped_fraction = 1.5: must be between 0 and 1",
             "storage.s3.bucket = \"\": must be set when storage.kind = \"s3\"",
             "queue.url = None: must be set when queue.kind = \"redis\" (redis://host:port)",
             "events.nats_url = \"http://nats\": must start with nats:// or tls://",
