@@ -7,7 +7,8 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use flacenc::bitsink::MemSink;
 use flacenc::component::{BitRepr, StreamInfo};
 use flacenc::error::Verify;
-use flacenc::source::{Context, Fill, FrameBuf};
+use flacenc::source::{Fill, FrameBuf};
+use md5::{Digest, Md5};
 use pipeline::Pcm;
 use pipeline::job::SampleFormat;
 
@@ -17,6 +18,8 @@ use crate::tags::Tags;
 
 /// Samples per channel in one FLAC frame: the reference encoder's default for 44.1/48 kHz.
 pub const BLOCK_SIZE: usize = 4096;
+/// See the configuration in [`write`]: speed over the last 2% of compression.
+const USE_LPC: bool = false;
 /// FLAC's channel limit.
 pub const MAX_CHANNELS: usize = 8;
 
@@ -56,6 +59,10 @@ pub(crate) fn write<W: Write + Seek>(
     config.block_size = BLOCK_SIZE;
     // Stems of a song are encoded in parallel already; one thread per stem is enough.
     config.multithread = false;
+    // Fixed predictors only: flacenc's LPC search costs ~4x the time of `flac -5` for ~2%
+    // smaller files on music; fixed predictors with its partitioned Rice coding encode as
+    // fast as `flac -5` with files between `flac -2` and `flac -5` (BENCHMARKS.md "encode").
+    config.subframe_coding.use_lpc = USE_LPC;
     let config = config
         .into_verified()
         .map_err(|(_, err)| EncodeError::Flac(format!("encoder configuration: {err}")))?;
@@ -70,10 +77,12 @@ pub(crate) fn write<W: Write + Seek>(
         out.write_all(&comment)?;
     }
 
-    let mut buffers = (
-        FrameBuf::with_size(channels, BLOCK_SIZE).map_err(flac_error)?,
-        Context::new(bits_per_sample, channels),
-    );
+    let mut frame_buf = FrameBuf::with_size(channels, BLOCK_SIZE).map_err(flac_error)?;
+    // STREAMINFO's MD5 is over the samples as little-endian bytes of the stream's width;
+    // hashed a block at a time (flacenc's per-sample hashing costs as much as encoding).
+    let mut md5 = Md5::new();
+    let bytes_per_sample = bits_per_sample / 8;
+    let mut sample_bytes = Vec::with_capacity(BLOCK_SIZE * channels * bytes_per_sample);
     let mut interleaved = Vec::with_capacity(BLOCK_SIZE * channels);
     let mut sink = MemSink::<u8>::new();
     let mut frame_number = 0;
@@ -88,9 +97,16 @@ pub(crate) fn write<W: Write + Seek>(
                 });
             }
         }
-        buffers.fill_interleaved(&interleaved).map_err(flac_error)?;
+        sample_bytes.clear();
+        for sample in &interleaved {
+            sample_bytes.extend_from_slice(&sample.to_le_bytes()[..bytes_per_sample]);
+        }
+        md5.update(&sample_bytes);
+        frame_buf
+            .fill_interleaved(&interleaved)
+            .map_err(flac_error)?;
         let frame =
-            flacenc::encode_fixed_size_frame(&config, &buffers.0, frame_number, &stream_info)
+            flacenc::encode_fixed_size_frame(&config, &frame_buf, frame_number, &stream_info)
                 .map_err(flac_error)?;
         stream_info.update_frame_info(&frame);
         sink.clear();
@@ -108,7 +124,7 @@ pub(crate) fn write<W: Write + Seek>(
         // 0 means "unknown" for frame sizes; flacenc's initial values would be nonsense.
         stream_info.set_frame_sizes(0, 0).map_err(flac_error)?;
     }
-    stream_info.set_md5_digest(&buffers.1.md5_digest());
+    stream_info.set_md5_digest(&md5.finalize().into());
     stream_info.set_total_samples(pcm.frames());
     out.seek(SeekFrom::Start(STREAMINFO_OFFSET))?;
     write_stream_info(&mut out, &stream_info)?;

@@ -89,7 +89,8 @@ pub fn encode_stems(
         let tags = Tags::for_stem(song.source_name, &stem, song.source);
         let mut file = File::create(&path)?;
         encode(&pcm, format, &tags, &mut file)?;
-        file.sync_all()?;
+        // No fsync: these are scratch files, read back from the page cache by the upload;
+        // durability is the blob store's job.
         let bytes = file.metadata()?.len();
         tracing::debug!(
             stem,

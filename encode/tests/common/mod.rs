@@ -10,14 +10,19 @@ pub const RATE: u32 = 44_100;
 
 /// Fails the test with a clear message when a tool is missing (CI installs them).
 pub fn require_tool(tool: &str) {
+    let version_flag = if tool == "flac" {
+        "--version"
+    } else {
+        "-version"
+    };
     let found = Command::new(tool)
-        .arg("-version")
+        .arg(version_flag)
         .output()
         .is_ok_and(|out| out.status.success());
     assert!(
         found,
-        "`{tool}` is required by the encode tests but was not found on PATH: install ffmpeg \
-         (`apt-get install ffmpeg`, or `tools/install-test-deps`)"
+        "`{tool}` is required by the encode tests but was not found on PATH: install it \
+         (`apt-get install ffmpeg flac`, or `tools/install-test-deps`)"
     );
 }
 
@@ -154,4 +159,20 @@ pub fn best_lag(reference: &[f32], decoded: &[f32], max: i64) -> i64 {
         }
     }
     best.0
+}
+
+/// `flac --test`: decodes with the reference decoder and checks the STREAMINFO MD5.
+pub fn flac_test(path: &Path) {
+    require_tool("flac");
+    let out = Command::new("flac")
+        .args(["--test", "--silent"])
+        .arg(path)
+        .output()
+        .expect("run flac --test");
+    assert!(
+        out.status.success(),
+        "flac --test {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
