@@ -16,6 +16,22 @@
 //!
 //! Then [`Config::validate`] reports every problem at once, each naming its key and value.
 //! Secrets (S3 keys) are not configuration: they come from the standard AWS variables.
+//!
+//! A `msaas.toml` names only what differs from the defaults ([`Config::to_toml`] prints them all):
+//!
+//! ```toml
+//! home = "/srv/msaas"
+//! [models]
+//! default_model = "htdemucs"
+//! device = "cuda"
+//! [limits]
+//! max_duration_secs = 1800
+//! [queue]
+//! kind = "redis"
+//! url = "redis://127.0.0.1:6379"
+//! [worker]
+//! max_attempts = 5
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
