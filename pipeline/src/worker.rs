@@ -734,6 +734,8 @@ pub async fn submit(
         }
         return Err(err.into());
     }
+    // Published before the enqueue so that `queued` always precedes decode's `stage_started`.
+    publish(backends, EventKind::Queued, &job, None).await;
     backends
         .queue
         .enqueue(
@@ -744,7 +746,6 @@ pub async fn submit(
             },
         )
         .await?;
-    publish(backends, EventKind::Queued, &job, None).await;
     tracing::info!(job = %job.id, tenant = %job.tenant, "job queued");
     Ok(job)
 }
