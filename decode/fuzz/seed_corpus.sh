@@ -14,5 +14,4 @@ gen -c:a libmp3lame -b:a 64k corpus/decode/a.mp3
 gen -c:a libvorbis corpus/decode/a.ogg
 gen -c:a aac -b:a 64k corpus/decode/aac.m4a
 gen -c:a alac corpus/decode/alac.m4a
-gen -ac 1 -ar 8000 -c:a adpcm_ms corpus/decode/adpcm.wav
 ls -l corpus/decode

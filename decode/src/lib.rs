@@ -1,6 +1,6 @@
 //! Any common audio file → the PCM the models take: 44.1 kHz stereo f32.
 //!
-//! Formats (symphonia 0.5): MP3, FLAC, WAV (PCM integer and float, ADPCM), AIFF, OGG Vorbis,
+//! Formats (symphonia 0.5): MP3, FLAC, WAV (PCM integer and float), AIFF, OGG Vorbis,
 //! AAC-LC and ALAC in MP4/M4A. Decoding streams packet by packet; mono is duplicated, more
 //! channels are downmixed ([`downmix`]), other rates are resampled ([`pipeline::resample`]).
 //! Corrupt packets are skipped and counted in [`pipeline::SourceInfo::skipped_packets`];
