@@ -125,3 +125,29 @@ fn cuda_asked_for_and_unavailable_is_an_error_not_a_cpu_fallback() {
     .expect_err("no CUDA here (CPU-only ONNX Runtime)");
     assert_eq!(err.code(), pipeline::ErrorCode::DeviceUnavailable, "{err}");
 }
+
+#[test]
+fn matches_the_community_mdx_inference_written_in_torch() {
+    // tools/mdx/make_fixture.py: ConvTDFNet stft/istft + demix on random.onnx, same input.
+    let bytes = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mdx/random_expected.f32"),
+    )
+    .expect("random_expected.f32");
+    let expected: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let len = expected.len() / 2;
+    let mix = stereo(len);
+    let stems = load("random", None)
+        .run(&mix, &SeparateOptions::default(), &mut NoListener)
+        .expect("separate");
+    let tolerance = 1e-4 * mix.peak();
+    for c in 0..2 {
+        let err = max_diff(&stems[0].1.channels[c], &expected[c * len..(c + 1) * len]);
+        assert!(
+            err <= tolerance,
+            "channel {c}: max error {err} (allowed {tolerance})"
+        );
+    }
+}
