@@ -572,7 +572,7 @@ async fn transient_failures_exhaust_attempts_then_dead_letter() {
 /// job failed without running the stage again.
 #[tokio::test]
 async fn unacked_claims_come_back_until_attempts_are_exhausted() {
-    let timeout = Duration::from_millis(100);
+    let timeout = Duration::from_millis(300);
     let h = Harness::new(2, timeout).await;
     let job = h.submit(b"abc").await;
 
@@ -799,9 +799,9 @@ async fn shutdown_gives_the_running_stage_back() {
 /// the same stage never gets the message.
 #[tokio::test]
 async fn long_stage_keeps_its_claim() {
-    let h = Harness::new(3, Duration::from_millis(300)).await;
+    let h = Harness::new(3, Duration::from_millis(600)).await;
     h.handler(Stage::Separate)
-        .behave([Behaviour::Slow(Duration::from_millis(1200))]);
+        .behave([Behaviour::Slow(Duration::from_millis(1500))]);
     let (shutdown, mut tasks) = h.start_workers();
     let second_separate = h.worker(Stage::Separate);
     let second_shutdown = shutdown.clone();

@@ -426,7 +426,7 @@ mod tests {
 
     #[tokio::test]
     async fn unacked_message_is_claimed_again_after_visibility_timeout() {
-        let queue = MemoryQueue::new(Duration::from_millis(100));
+        let queue = MemoryQueue::new(Duration::from_millis(300));
         let sent = message();
         queue.enqueue(Stage::Separate, sent.clone()).await.unwrap();
         let first = queue
@@ -451,7 +451,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(150));
         assert_eq!(second.message, sent);
         assert_eq!(second.attempt, 2);
 
@@ -472,18 +472,18 @@ mod tests {
 
     #[tokio::test]
     async fn touch_extends_the_claim() {
-        let queue = MemoryQueue::new(Duration::from_millis(120));
+        let queue = MemoryQueue::new(Duration::from_millis(300));
         queue.enqueue(Stage::Decode, message()).await.unwrap();
         let delivery = queue
             .claim(Stage::Decode, "a", NO_WAIT)
             .await
             .unwrap()
             .unwrap();
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(60)).await;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             queue.touch(Stage::Decode, &delivery).await.unwrap();
         }
-        // 240 ms after the claim, twice the timeout, it is still ours.
+        // 500 ms after the claim, well past the 300 ms timeout, it is still ours.
         assert!(
             queue
                 .claim(Stage::Decode, "b", NO_WAIT)
@@ -503,7 +503,7 @@ mod tests {
             .unwrap()
             .unwrap();
         queue
-            .retry(Stage::Encode, &first, Duration::from_millis(100))
+            .retry(Stage::Encode, &first, Duration::from_millis(300))
             .await
             .unwrap();
         let depth = queue.depth(Stage::Encode).await.unwrap();
@@ -521,7 +521,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(150));
         assert_eq!(second.attempt, 2);
         assert_eq!(second.message, first.message);
     }
