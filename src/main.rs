@@ -1,1 +1,60 @@
-fn main() {}
+//! `msaas`: the one binary. This file only parses the command line and wires the crates.
+
+mod models;
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "msaas",
+    version,
+    about = "Music-Separation-as-a-Service: songs in, stems out"
+)]
+struct Cli {
+    /// Configuration file (default: ./msaas.toml when present).
+    #[arg(long, global = true, env = "MSAAS_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Separate audio files into stems, in this process, with no servers.
+    Run(run::RunArgs),
+    /// List the installed models and their stems.
+    Models,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(cli.config.as_deref(), args).await,
+            Command::Models => models::list(cli.config.as_deref()),
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

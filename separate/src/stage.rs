@@ -32,6 +32,12 @@ impl SeparateStage {
         }
     }
 
+    /// Loads (or finds cached) the model `model` names, so that a caller can check a
+    /// model and its stems before submitting work.
+    pub async fn load_model(&self, model: &str) -> Result<Arc<Separator>, StageError> {
+        self.separator(model).await
+    }
+
     /// The model a job names, loaded once per stage (on a blocking thread: it reads and
     /// optimises graphs).
     async fn separator(&self, model: &str) -> Result<Arc<Separator>, StageError> {
