@@ -1,4 +1,4 @@
-//! `cargo run --release -p encode --example encode-bench [-- --minutes 4 --stems 4 --repeats 3]`
+//! `cargo run --release -p encode --example encode-bench [-- --minutes 4 --stems 4 --repeats 3 --only mp3|flac]`
 //!
 //! Encodes N stems × M minutes (stereo, 44.1 kHz, music-like synthetic signal) to MP3 320
 //! and 16-bit FLAC with msaas (`encode::encode_stems`: one thread per stem) and, in the same
@@ -6,6 +6,7 @@
 //! FLAC encoder), the CLIs started all at once so they too use every core. Prints a
 //! Markdown table of median wall times and the ratio msaas / CLI. Needs lame, flac, ffmpeg.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ struct Args {
     minutes: f32,
     stems: usize,
     repeats: usize,
+    /// Only the cases of one codec ("mp3" or "flac").
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -27,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         minutes: 4.0,
         stems: 4,
         repeats: 3,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -36,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
             "--minutes" => args.minutes = value.parse().map_err(|_| bad())?,
             "--stems" => args.stems = value.parse().map_err(|_| bad())?,
             "--repeats" => args.repeats = value.parse().map_err(|_| bad())?,
+            "--only" => args.only = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -87,13 +92,19 @@ fn write_wav16(pcm: &Pcm, path: &Path) -> Result<(), String> {
     wav.finalize().map_err(|e| e.to_string())
 }
 
-fn msaas(stems: &[(String, Pcm)], format: &OutputFormat, out: &Path) -> Result<u64, String> {
+/// `staged` holds a copy of the stems made before the clock starts (encode_stems consumes
+/// its input; copying 4 stems is not encoding work).
+fn msaas(
+    staged: &RefCell<Option<Vec<(String, Pcm)>>>,
+    format: &OutputFormat,
+    out: &Path,
+) -> Result<u64, String> {
     let song = Song {
         source_name: "bench.wav",
         source: None,
     };
-    let encoded =
-        encode_stems(stems.to_vec(), format, song, out, &|| false).map_err(|e| e.to_string())?;
+    let stems = staged.take().ok_or("no stems staged")?;
+    let encoded = encode_stems(stems, format, song, out, &|| false).map_err(|e| e.to_string())?;
     Ok(encoded.iter().map(|e| e.bytes).sum())
 }
 
@@ -195,30 +206,81 @@ fn run() -> Result<(), String> {
         cmd
     };
 
-    type Case<'a> = (&'a str, Box<dyn Fn() -> Result<u64, String> + 'a>);
+    let staged = RefCell::new(None);
+    struct Case<'a> {
+        name: &'a str,
+        codec: &'a str,
+        /// The msaas case this CLI is compared with.
+        against: Option<usize>,
+        run: Box<dyn Fn() -> Result<u64, String> + 'a>,
+    }
+    let case = |name, codec, against, run| Case {
+        name,
+        codec,
+        against,
+        run,
+    };
     let cases: Vec<Case> = vec![
-        ("msaas MP3 320 CBR", Box::new(|| msaas(&stems, &mp3, &out))),
-        ("lame -b 320 -q 2", Box::new(|| cli(&wavs, &out, &lame))),
-        ("msaas FLAC 16-bit", Box::new(|| msaas(&stems, &flac, &out))),
-        ("flac -5", Box::new(|| cli(&wavs, &out, &flac_cli))),
-        ("flac -2", Box::new(|| cli(&wavs, &out, &flac_fast))),
-        (
+        case(
+            "msaas MP3 320 CBR",
+            "mp3",
+            None,
+            Box::new(|| msaas(&staged, &mp3, &out)),
+        ),
+        case(
+            "lame -b 320 -q 2",
+            "mp3",
+            Some(0),
+            Box::new(|| cli(&wavs, &out, &lame)),
+        ),
+        case(
+            "msaas FLAC 16-bit",
+            "flac",
+            None,
+            Box::new(|| msaas(&staged, &flac, &out)),
+        ),
+        case(
+            "flac -5",
+            "flac",
+            Some(2),
+            Box::new(|| cli(&wavs, &out, &flac_cli)),
+        ),
+        case(
+            "flac -2",
+            "flac",
+            Some(2),
+            Box::new(|| cli(&wavs, &out, &flac_fast)),
+        ),
+        case(
             "ffmpeg -c:a flac",
+            "flac",
+            Some(2),
             Box::new(|| cli(&wavs, &out, &ffmpeg_flac)),
         ),
     ];
+    let selected = |c: &Case| args.only.as_deref().is_none_or(|only| only == c.codec);
     let mut times = vec![Vec::new(); cases.len()];
     let mut sizes = vec![0; cases.len()];
     // Interleaved repeats: background load on a shared machine hits every case alike.
     for repeat in 0..args.repeats {
-        for (i, (name, case)) in cases.iter().enumerate() {
-            let (elapsed, bytes) = time(case)?;
-            eprintln!("run {repeat}: {name}: {:.2} s", elapsed.as_secs_f64());
+        for (i, case) in cases.iter().enumerate().filter(|(_, c)| selected(c)) {
+            if case.against.is_none() {
+                staged.replace(Some(stems.clone()));
+            }
+            let (elapsed, bytes) = time(&case.run)?;
+            eprintln!(
+                "run {repeat}: {}: {:.2} s",
+                case.name,
+                elapsed.as_secs_f64()
+            );
             times[i].push(elapsed);
             sizes[i] = bytes;
         }
     }
-    let medians: Vec<Duration> = times.into_iter().map(median).collect();
+    let medians: Vec<Option<Duration>> = times
+        .into_iter()
+        .map(|t| (!t.is_empty()).then(|| median(t)))
+        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "{} stems × {} min, stereo 44.1 kHz, {cores} cores, median of {} interleaved runs; \
@@ -227,21 +289,18 @@ fn run() -> Result<(), String> {
     );
     println!("| encoder | wall time | output | msaas / CLI |");
     println!("|---|---|---|---|");
-    let ratio =
-        |ours: usize, theirs: usize| medians[ours].as_secs_f64() / medians[theirs].as_secs_f64();
-    let rows = [
-        (0, None),
-        (1, Some(0)),
-        (2, None),
-        (3, Some(2)),
-        (4, Some(2)),
-    ];
-    for (i, against) in rows {
-        let ratio = against.map_or("—".to_owned(), |ours| format!("{:.2}×", ratio(ours, i)));
+    for (i, case) in cases.iter().enumerate() {
+        let Some(time) = medians[i] else { continue };
+        let ratio = case
+            .against
+            .and_then(|ours| medians[ours])
+            .map_or("—".to_owned(), |ours| {
+                format!("{:.2}×", ours.as_secs_f64() / time.as_secs_f64())
+            });
         println!(
             "| {} | {:.2} s | {:.1} MB | {ratio} |",
-            cases[i].0,
-            medians[i].as_secs_f64(),
+            case.name,
+            time.as_secs_f64(),
             sizes[i] as f64 / 1e6
         );
     }

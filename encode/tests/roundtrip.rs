@@ -29,11 +29,11 @@ fn format(format: AudioFormat, sample_format: SampleFormat) -> OutputFormat {
 }
 
 /// The quantisation decoders invert (ffmpeg: int / 2^(bits-1)), written out independently
-/// of the crate's own: round to nearest, saturate.
+/// of the crate's own: round to nearest with ties to even (as ffmpeg's `lrintf`), saturate.
 fn expected_int(sample: f32, bits: u32) -> i64 {
     let full_scale = f64::from(1_u32 << (bits - 1));
     (f64::from(sample) * full_scale)
-        .round()
+        .round_ties_even()
         .clamp(-full_scale, full_scale - 1.0) as i64
 }
 
