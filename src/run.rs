@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use pipeline::config::{Config, LimitsConfig};
 use pipeline::job::{AudioFormat, ClipMode, Mp3Mode, OutputFormat, OutputRate, SampleFormat};
 use pipeline::traits::{BackendError, BlobStore, EventKind};
-use pipeline::{Backends, CodedError, Job, JobId, JobOptions, JobState, StageHandler, Worker};
+use pipeline::{Backends, Job, JobId, JobOptions, JobState, StageHandler, Worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::RunProgress;
@@ -146,7 +146,14 @@ pub async fn run(config_path: Option<&Path>, args: RunArgs) -> anyhow::Result<Ex
     let mut submitted: BTreeMap<JobId, Input> = BTreeMap::new();
     for input in inputs {
         let job = Job::new("local", &input.name, options.clone());
-        match submit_file(&backends, job, &input.path, config.limits.max_input_bytes).await {
+        match pipeline::worker::submit_file(
+            &backends,
+            job,
+            &input.path,
+            Some(config.limits.max_input_bytes),
+        )
+        .await
+        {
             Ok(job) => {
                 progress.add_file(job.id.clone(), display_name(&input.path));
                 submitted.insert(job.id, input);
@@ -265,24 +272,8 @@ fn decode_limits(limits: &LimitsConfig) -> decode::Limits {
         max_duration_secs: limits.max_duration_secs,
         min_duration_secs: limits.min_duration_secs,
         max_channels: limits.max_channels,
-        ..decode::Limits::default()
+        max_skipped_fraction: limits.max_skipped_fraction,
     }
-}
-
-/// Streams a local file into the store as a new job's source.
-async fn submit_file(
-    backends: &Backends,
-    job: Job,
-    path: &Path,
-    limit: u64,
-) -> Result<Job, CodedError> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|err| CodedError::new(pipeline::ErrorCode::Io, format!("cannot read: {err}")))?;
-    let body = tokio_util::io::ReaderStream::new(file)
-        .map(|chunk| chunk.map_err(BackendError::from))
-        .boxed();
-    pipeline::submit(backends, job, body, Some(limit), None).await
 }
 
 fn job_options(args: &RunArgs, config: &Config) -> anyhow::Result<JobOptions> {
