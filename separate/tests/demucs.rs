@@ -11,14 +11,18 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demucs")
 }
 
+/// One thread per session: the tests run in parallel.
+fn runtime() -> RuntimeOptions {
+    RuntimeOptions {
+        intra_threads: Some(1),
+        ..RuntimeOptions::default()
+    }
+}
+
 fn load_tiny() -> (Manifest, DemucsModel) {
     let manifest =
         Manifest::load(&fixtures().join("tiny/manifest.toml")).expect("fixture manifest");
-    let options = RuntimeOptions {
-        intra_threads: Some(1),
-        ..RuntimeOptions::default()
-    };
-    let model = DemucsModel::load(&manifest, &options).expect(
+    let model = DemucsModel::load(&manifest, &runtime()).expect(
         "load the tiny demucs fixture (needs ONNX Runtime: run tools/setup or set ORT_DYLIB_PATH)",
     );
     (manifest, model)
@@ -190,12 +194,12 @@ fn reports_progress_per_chunk_and_cancels_between_chunks() {
 }
 
 #[test]
-fn shifts_are_seeded_and_stay_close_to_the_unshifted_output() {
+fn shifts_are_seeded() {
     let (_, model) = load_tiny();
     let mix = input();
     let shifted = |seed| {
         let options = DemucsOptions {
-            shifts: 2,
+            shifts: 1,
             seed,
             ..DemucsOptions::default()
         };
@@ -239,5 +243,90 @@ fn bad_options_are_typed_errors() {
     let err = model
         .separate(&[vec![0.0; 10]], &DemucsOptions::default(), &mut NoListener)
         .expect_err("mono into a stereo model");
-    assert_eq!(err.code(), pipeline::ErrorCode::InvalidOption);
+    assert_eq!(err.code(), pipeline::ErrorCode::UnsupportedFormat);
+    let err = model
+        .separate(
+            &[vec![0.5], vec![0.5]],
+            &DemucsOptions::default(),
+            &mut NoListener,
+        )
+        .expect_err("one sample");
+    assert_eq!(err.code(), pipeline::ErrorCode::TooShort);
+}
+
+/// A manifest for a bag of `weights.len()` copies of the tiny graph with these weights.
+fn bag_manifest(dir: &Path, weights: &[[f32; 4]]) -> Manifest {
+    let tiny = fixtures().join("tiny");
+    let mut text = std::fs::read_to_string(tiny.join("manifest.toml")).expect("manifest");
+    text.truncate(text.find("[[files]]").expect("files table"));
+    for w in weights {
+        text.push_str(&format!(
+            "[[files]]\npath = {:?}\nweights = [{}, {}, {}, {}]\n\n",
+            tiny.join("tiny.onnx").display().to_string(),
+            w[0],
+            w[1],
+            w[2],
+            w[3]
+        ));
+    }
+    let path = dir.join("manifest.toml");
+    std::fs::write(&path, text).expect("write manifest");
+    Manifest::load(&path).expect("bag manifest")
+}
+
+#[test]
+fn a_bag_weights_each_source_by_its_models_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, single) = load_tiny();
+    let mix = input();
+    let reference = single
+        .separate(&mix, &DemucsOptions::default(), &mut NoListener)
+        .expect("one");
+    // Two identical members: whatever the weights, each source's weighted mean is the same.
+    let manifest = bag_manifest(dir.path(), &[[1.0, 0.0, 2.0, 0.5], [1.0, 3.0, 0.0, 0.5]]);
+    let bag = DemucsModel::load(&manifest, &runtime()).expect("bag");
+    let mut recorder = Recorder::default();
+    let stems = bag
+        .separate(&mix, &DemucsOptions::default(), &mut recorder)
+        .expect("bag");
+    assert_eq!(recorder.calls.last(), Some(&(8, 8)), "4 chunks per member");
+    let peak = reference
+        .iter()
+        .flatten()
+        .flatten()
+        .fold(0.0f32, |m, x| m.max(x.abs()));
+    let flat: Vec<Vec<f32>> = stems.into_iter().flatten().collect();
+    assert!(relative_error(&reference, &flat, peak) < 1e-5);
+
+    let zero = bag_manifest(dir.path(), &[[1.0, 0.0, 1.0, 1.0]]);
+    let err = DemucsModel::load(&zero, &runtime()).expect_err("source without weight");
+    assert_eq!(err.code(), pipeline::ErrorCode::ModelLoadFailed);
+    assert!(err.to_string().contains("bass"), "{err}");
+}
+
+#[test]
+fn the_separator_facade_runs_demucs_with_two_stems() {
+    let (manifest, model) = load_tiny();
+    let mix = input();
+    let direct = model
+        .separate(&mix, &DemucsOptions::default(), &mut NoListener)
+        .expect("direct");
+    let separator = separate::Separator::from_manifest(manifest, &runtime()).expect("facade");
+    let pcm = pipeline::Pcm::new(44100, mix).expect("pcm");
+    let options = separate::SeparateOptions {
+        two_stems: Some("vocals".into()),
+        ..separate::SeparateOptions::default()
+    };
+    let stems = separator
+        .run(&pcm, &options, &mut NoListener)
+        .expect("two stems");
+    let names: Vec<&str> = stems.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["vocals", "no_vocals"]);
+    assert_eq!(stems[0].1.channels, direct[3]);
+    for (c, channel) in stems[1].1.channels.iter().enumerate() {
+        for (i, &x) in channel.iter().enumerate() {
+            let sum = direct[0][c][i] + direct[1][c][i] + direct[2][c][i];
+            assert!((x - sum).abs() < 1e-6, "no_vocals[{c}][{i}]");
+        }
+    }
 }

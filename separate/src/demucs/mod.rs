@@ -124,7 +124,13 @@ fn invalid(message: String) -> SeparateError {
 impl DemucsModel {
     pub fn load(manifest: &Manifest, options: &RuntimeOptions) -> Result<Self, SeparateError> {
         let name = &manifest.name;
-        let bad = |message: String| model_error(name, message);
+        // A manifest that does not describe a runnable HTDemucs is a load failure.
+        let bad = |message: String| {
+            SeparateError::Manifest(crate::manifest::ManifestError::Invalid {
+                path: manifest.dir.join("manifest.toml"),
+                message,
+            })
+        };
         let segment_samples = match manifest
             .demucs
             .as_ref()
@@ -155,9 +161,23 @@ impl DemucsModel {
         let spec =
             HtSpec::new(stft.n_fft, stft.hop, segment_samples).map_err(|e| bad(e.to_string()))?;
         let sources = manifest.sources.len();
+        let weights: Vec<Vec<f32>> = manifest
+            .files
+            .iter()
+            .map(|file| file.weights.clone().unwrap_or_else(|| vec![1.0; sources]))
+            .collect();
+        // `totals[k]` of apply_model's bag branch; checked before any graph is loaded.
+        let totals: Vec<f32> = (0..sources)
+            .map(|k| weights.iter().map(|w| w[k]).sum())
+            .collect();
+        if let Some(k) = totals.iter().position(|&t| !(t.is_finite() && t > 0.0)) {
+            return Err(bad(format!(
+                "the bag weights of source {:?} sum to {}; every source needs a positive total",
+                manifest.sources[k], totals[k]
+            )));
+        }
         let mut members = Vec::with_capacity(manifest.files.len());
-        for file in &manifest.files {
-            let weights = file.weights.clone().unwrap_or_else(|| vec![1.0; sources]);
+        for (file, weights) in manifest.files.iter().zip(weights) {
             let graph = OnnxModel::load(&manifest.file_path(file), options)?;
             if graph.input_names().len() != 2 || graph.output_names().len() != 2 {
                 return Err(bad(format!(
@@ -166,15 +186,6 @@ impl DemucsModel {
                 )));
             }
             members.push(BagMember { graph, weights });
-        }
-        let totals: Vec<f32> = (0..sources)
-            .map(|k| members.iter().map(|m| m.weights[k]).sum())
-            .collect();
-        if let Some(k) = totals.iter().position(|&t| !(t.is_finite() && t > 0.0)) {
-            return Err(bad(format!(
-                "the bag weights of source {:?} sum to {}; every source needs a positive total",
-                manifest.sources[k], totals[k]
-            )));
         }
         Ok(Self {
             name: name.clone(),
@@ -233,7 +244,7 @@ impl DemucsModel {
         }
         if channels.len() != self.channels {
             return Err(SeparateError::Input {
-                code: ErrorCode::InvalidOption,
+                code: ErrorCode::UnsupportedFormat,
                 message: format!(
                     "model {} takes {} channels, got {}",
                     self.name,
@@ -247,6 +258,13 @@ impl DemucsModel {
             return Err(SeparateError::Input {
                 code: ErrorCode::EmptyInput,
                 message: "the audio is empty or its channels differ in length".into(),
+            });
+        }
+        if frames < 2 {
+            // The normalisation divides by the std of the samples, undefined for one.
+            return Err(SeparateError::Input {
+                code: ErrorCode::TooShort,
+                message: "demucs needs at least two samples".into(),
             });
         }
         Ok(frames)
