@@ -40,19 +40,23 @@ struct Fixture {
 
 /// The input of make_fixture.py's `synthetic_input`, computed the same way (f64, then f32).
 fn synthetic_input(length: usize) -> Vec<Vec<f32>> {
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut noise = vec![vec![0.0_f64; length]; 2];
-    for channel in &mut noise {
-        for sample in channel.iter_mut() {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            *sample = (state >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
-        }
+    // make_fixture.py draws all of the left channel's noise, then the right's, from one LCG;
+    // the right stream starts `length` steps in. Streamed, so 30 minutes need no noise buffer.
+    fn step(state: &mut u64) -> f64 {
+        *state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*state >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+    }
+    let mut left_state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut right_state = left_state;
+    for _ in 0..length {
+        step(&mut right_state);
     }
     let tau = 2.0 * std::f64::consts::PI;
     let (mut left, mut right) = (Vec::with_capacity(length), Vec::with_capacity(length));
-    for (n, (noise_left, noise_right)) in noise[0].iter().zip(&noise[1]).enumerate() {
+    for n in 0..length {
+        let (noise_left, noise_right) = (step(&mut left_state), step(&mut right_state));
         let t = n as f64 / 44_100.0;
         let gate = if (n / 11_025) % 2 == 0 { 1.0 } else { 0.2 };
         let voice = (tau * 220.0 * t + 3.0 * (tau * 5.0 * t).sin()).sin();
@@ -175,4 +179,42 @@ fn two_stems_and_selection_work_on_a_real_model() {
         .expect_err("no drums");
     assert_eq!(err.code(), pipeline::ErrorCode::UnknownStem);
     assert!(err.to_string().contains("vocals, accompaniment"), "{err}");
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// On demand (minutes): a 30-minute song goes through in bounded memory — the peak is the
+/// input and output PCM plus a fixed working set, whatever the duration.
+#[test]
+#[ignore = "minutes of CPU: cargo test -p separate --test spleeter -- --ignored"]
+fn thirty_minutes_in_bounded_memory() {
+    let separator = spleeter();
+    let frames = 44_100 * 60 * 30;
+    let input = Pcm::new(44_100, synthetic_input(frames)).expect("pcm");
+    let pcm_bytes = (frames * 2 * 4) as u64;
+    let stems = separator
+        .run(&input, &SeparateOptions::default(), &mut NoListener)
+        .expect("separate");
+    assert!(stems.iter().all(|(_, pcm)| pcm.frames() == frames));
+    // Input + two stems, plus the model, ONNX Runtime's arena and one batch of spectra.
+    let working_set = peak_rss_bytes().saturating_sub(3 * pcm_bytes);
+    eprintln!(
+        "30 min: peak RSS beyond the PCM buffers {} MiB",
+        working_set >> 20
+    );
+    assert!(
+        working_set < 1 << 30,
+        "working set {} MiB grows with duration",
+        working_set >> 20
+    );
 }
