@@ -55,6 +55,12 @@ fn main() {
             "song.m4a",
             vec!["-c:a", "aac", "-b:a", "256k"],
         ),
+        // The resampling path: both sides convert 48 kHz to 44.1 kHz.
+        (
+            "FLAC 48 kHz -> 44.1",
+            "song48.flac",
+            vec!["-ar", "48000", "-c:a", "flac"],
+        ),
     ];
     let exe = std::env::current_exe().expect("own path");
     println!("{secs} s stereo 44.1 kHz inputs, median of {runs} runs each, one process per run");

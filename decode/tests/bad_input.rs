@@ -280,3 +280,20 @@ fn truncated_and_flipped_files_of_every_format_never_panic() {
         }
     }
 }
+
+/// Inputs the fuzzer found panicking inside symphonia 0.5.5 (see README "Fuzzing"); `decode`
+/// must turn each into a typed error.
+#[test]
+fn fuzzer_findings_are_typed_errors() {
+    // ADTS probe on a 42-byte input: `step_by(0)` assertion in adts.rs (approximate_frame_count).
+    let adts_step_zero: Vec<u8> = vec![
+        0x00, 0x00, 0x00, 0x1c, 0x66, 0x74, 0x79, 0xf6, 0x36, 0xdb, 0x30, 0xf3, 0x15, 0xdc, 0x60,
+        0xf0, 0x01, 0xdd, 0xe1, 0xec, 0xfd, 0xff, 0xf1, 0x46, 0x4f, 0x52, 0x4d, 0x00, 0x00, 0x22,
+        0xa2, 0x41, 0x49, 0x46, 0x46, 0x43, 0xdf, 0x4f, 0xaf, 0xea, 0x0c, 0x4d,
+    ];
+    let code = code_of(decode_bytes(adts_step_zero));
+    assert!(
+        matches!(code, ErrorCode::CorruptAudio | ErrorCode::UnsupportedFormat),
+        "{code}"
+    );
+}
