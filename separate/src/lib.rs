@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use pipeline::{ErrorCode, Pcm};
 
 pub use manifest::{FamilyKind, Manifest, ManifestError, MaskSpec, ModelFile};
+pub use mask::MaskModel;
 pub use runtime::{Device, OnnxModel, RuntimeError, RuntimeOptions, TensorData};
 pub use stage::SeparateStage;
 pub use stft::{Complex32, OverlapAdd, PadMode, Spectrogram, Stft, StftConfig, StftError};
