@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::downmix::StereoMatrix;
 use crate::error::DecodeError;
 use crate::limits::Limits;
+use crate::wav_repair::PatchedReader;
 
 /// The rate every model takes.
 pub const MODEL_SAMPLE_RATE: u32 = 44_100;
@@ -130,6 +131,10 @@ where
             limit: limits.max_input_bytes,
             measured: byte_len,
         });
+    }
+    let reader = PatchedReader::new(reader, byte_len)?;
+    if reader.is_patched() {
+        debug!("WAV size fields overrun the file; decoding up to its real end");
     }
     let source = SizedSource {
         inner: reader,

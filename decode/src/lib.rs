@@ -21,6 +21,7 @@ pub mod downmix;
 pub mod error;
 pub mod limits;
 pub mod stage;
+mod wav_repair;
 
 pub use decoder::{
     DecodeOptions, Decoded, MODEL_SAMPLE_RATE, Target, decode, decode_file, decode_with,
