@@ -230,6 +230,10 @@ fn bad_options_are_typed_errors() {
             batch_size: Some(0),
             ..DemucsOptions::default()
         },
+        DemucsOptions {
+            shifts: 21,
+            ..DemucsOptions::default()
+        },
     ] {
         let err = model
             .separate(&mix, &options, &mut NoListener)

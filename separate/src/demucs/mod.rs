@@ -24,6 +24,9 @@ use crate::{Listener, SeparateError};
 use chunks::{Chunk, ChunkPlan, ShiftRng, read_padded};
 use spec::{HtSpec, SpecScratch};
 
+/// More shifts than this only multiply the run time (demucs's own CLI suggests up to 10).
+pub const MAX_SHIFTS: usize = 20;
+
 /// How `apply_model` is called (the defaults are `demucs.separate`'s).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemucsOptions {
@@ -237,6 +240,12 @@ impl DemucsModel {
             return Err(invalid(format!(
                 "transition_power must be ≥ 1, got {}",
                 options.transition_power
+            )));
+        }
+        if options.shifts > MAX_SHIFTS {
+            return Err(invalid(format!(
+                "shifts must be at most {MAX_SHIFTS}, got {}",
+                options.shifts
             )));
         }
         if options.batch_size == Some(0) {
