@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::downmix::StereoMatrix;
 use crate::error::DecodeError;
 use crate::limits::Limits;
+use crate::preflight::check_flac_metadata;
 use crate::wav_repair::PatchedReader;
 
 /// The rate every model takes.
@@ -132,6 +133,7 @@ where
             measured: byte_len,
         });
     }
+    check_flac_metadata(&mut reader, byte_len)?;
     let reader = PatchedReader::new(reader, byte_len)?;
     if reader.is_patched() {
         debug!("WAV size fields overrun the file; decoding up to its real end");

@@ -20,6 +20,7 @@ pub mod decoder;
 pub mod downmix;
 pub mod error;
 pub mod limits;
+mod preflight;
 pub mod stage;
 mod wav_repair;
 

@@ -312,3 +312,80 @@ fn fuzzer_findings_are_typed_errors() {
         "{code}"
     );
 }
+
+#[test]
+fn a_flac_comment_claiming_gigabytes_is_refused_before_allocating() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = make_tone(
+        dir.path(),
+        "a.flac",
+        44_100,
+        2,
+        1.0,
+        &["-c:a", "flac", "-metadata", "title=x"],
+    );
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Walk to the VORBIS_COMMENT block (type 4) and make its vendor length 4 GiB - 1.
+    let mut offset = 4;
+    loop {
+        let kind = bytes[offset] & 0x7f;
+        let size = u32::from_be_bytes([0, bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
+            as usize;
+        if kind == 4 {
+            bytes[offset + 4..offset + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+            break;
+        }
+        assert!(bytes[offset] & 0x80 == 0, "no comment block");
+        offset += 4 + size;
+    }
+    let err = decode_bytes(bytes).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CorruptAudio);
+    assert!(err.to_string().contains("comment"), "{err}");
+}
+
+#[test]
+fn a_flac_with_cover_art_and_tags_passes_the_metadata_checks() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cover = dir.path().join("cover.png");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:s=64x64:d=1",
+        "-frames:v",
+        "1",
+        cover.to_str().expect("utf-8"),
+    ]);
+    let path = dir.path().join("art.flac");
+    let source = tone_source(44_100, 2, 1.0);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &source,
+        "-i",
+        cover.to_str().expect("utf-8"),
+        "-map",
+        "0:a",
+        "-map",
+        "1:v",
+        "-c:a",
+        "flac",
+        "-c:v",
+        "png",
+        "-disposition:v",
+        "attached_pic",
+        "-metadata",
+        "artist=Cover Artist",
+        path.to_str().expect("utf-8"),
+    ]);
+    let bytes = std::fs::read(&path).expect("read");
+    assert!(
+        bytes.windows(9).any(|w| w == b"image/png"),
+        "ffmpeg wrote a picture block"
+    );
+    let decoded = decode_bytes(bytes).expect("decodes");
+    assert_eq!(decoded.info.artist.as_deref(), Some("Cover Artist"));
+}
