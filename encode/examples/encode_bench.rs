@@ -137,10 +137,31 @@ fn cli(
     Ok(bytes)
 }
 
-fn time<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(Duration, T), String> {
+/// Wall time and CPU time (user + system, of this process and of the children it waited
+/// for) of `f`. CPU time barely moves with other load on a shared machine; wall time does.
+fn time<T>(f: impl FnOnce() -> Result<T, String>) -> Result<(Duration, Duration, T), String> {
+    let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     let value = f()?;
-    Ok((started.elapsed(), value))
+    let wall = started.elapsed();
+    let cpu = Duration::from_secs_f64((cpu_seconds()? - cpu_before).max(0.0));
+    Ok((wall, cpu, value))
+}
+
+/// utime + stime + cutime + cstime from /proc/self/stat (Linux), in seconds.
+fn cpu_seconds() -> Result<f64, String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| e.to_string())?;
+    // Fields after the parenthesised command name; utime is field 14 of the whole line.
+    let after_name = stat.rsplit_once(')').ok_or("bad /proc/self/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..15)
+        .ok_or("short /proc/self/stat")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // The kernel reports in USER_HZ, 100 on every Linux ABI.
+    Ok(ticks / 100.0)
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -260,6 +281,7 @@ fn run() -> Result<(), String> {
     ];
     let selected = |c: &Case| args.only.as_deref().is_none_or(|only| only == c.codec);
     let mut times = vec![Vec::new(); cases.len()];
+    let mut cpu_times = vec![Vec::new(); cases.len()];
     let mut sizes = vec![0; cases.len()];
     // Interleaved repeats: background load on a shared machine hits every case alike.
     for repeat in 0..args.repeats {
@@ -267,16 +289,22 @@ fn run() -> Result<(), String> {
             if case.against.is_none() {
                 staged.replace(Some(stems.clone()));
             }
-            let (elapsed, bytes) = time(&case.run)?;
+            let (elapsed, cpu, bytes) = time(&case.run)?;
             eprintln!(
-                "run {repeat}: {}: {:.2} s",
+                "run {repeat}: {}: {:.2} s wall, {:.2} s CPU",
                 case.name,
-                elapsed.as_secs_f64()
+                elapsed.as_secs_f64(),
+                cpu.as_secs_f64()
             );
             times[i].push(elapsed);
+            cpu_times[i].push(cpu);
             sizes[i] = bytes;
         }
     }
+    let cpu_medians: Vec<Option<Duration>> = cpu_times
+        .into_iter()
+        .map(|t| (!t.is_empty()).then(|| median(t)))
+        .collect();
     let medians: Vec<Option<Duration>> = times
         .into_iter()
         .map(|t| (!t.is_empty()).then(|| median(t)))
@@ -287,20 +315,27 @@ fn run() -> Result<(), String> {
          the CLIs run one process per stem, all at once.\n",
         args.stems, args.minutes, args.repeats
     );
-    println!("| encoder | wall time | output | msaas / CLI |");
-    println!("|---|---|---|---|");
+    println!(
+        "| encoder | wall time | msaas / CLI (wall) | CPU time | msaas / CLI (CPU) | output |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let ratio = |ours: Option<Duration>, theirs: Duration| {
+        ours.map_or("—".to_owned(), |ours| {
+            format!("{:.2}×", ours.as_secs_f64() / theirs.as_secs_f64())
+        })
+    };
     for (i, case) in cases.iter().enumerate() {
-        let Some(time) = medians[i] else { continue };
-        let ratio = case
-            .against
-            .and_then(|ours| medians[ours])
-            .map_or("—".to_owned(), |ours| {
-                format!("{:.2}×", ours.as_secs_f64() / time.as_secs_f64())
-            });
+        let (Some(wall), Some(cpu)) = (medians[i], cpu_medians[i]) else {
+            continue;
+        };
+        let against = |m: &[Option<Duration>]| case.against.and_then(|ours| m[ours]);
         println!(
-            "| {} | {:.2} s | {:.1} MB | {ratio} |",
+            "| {} | {:.2} s | {} | {:.2} s | {} | {:.1} MB |",
             case.name,
-            time.as_secs_f64(),
+            wall.as_secs_f64(),
+            ratio(against(&medians), wall),
+            cpu.as_secs_f64(),
+            ratio(against(&cpu_medians), cpu),
             sizes[i] as f64 / 1e6
         );
     }
