@@ -779,15 +779,20 @@ pub async fn submit_file(
     submit(backends, job, body, limit, None).await
 }
 
+/// The record of `id`, or `not_found`.
+async fn existing_job(backends: &Backends, id: &JobId) -> Result<Job, CodedError> {
+    backends
+        .jobs
+        .get(id)
+        .await?
+        .ok_or_else(|| CodedError::new(ErrorCode::NotFound, format!("no job {id}")))
+}
+
 /// Cancels a job that has not finished: the record moves to `cancelled` (a running stage
 /// notices and stops; its worker acks). A finished job is returned unchanged.
 pub async fn cancel(backends: &Backends, id: &JobId) -> Result<Job, CodedError> {
     for _ in 0..5 {
-        let job = backends
-            .jobs
-            .get(id)
-            .await?
-            .ok_or_else(|| CodedError::new(ErrorCode::NotFound, format!("no job {id}")))?;
+        let job = existing_job(backends, id).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
@@ -827,11 +832,7 @@ pub async fn wait_until_finished(
 ) -> Result<Job, CodedError> {
     let mut events = backends.events.subscribe(Some(id)).await.ok();
     loop {
-        let job = backends
-            .jobs
-            .get(id)
-            .await?
-            .ok_or_else(|| CodedError::new(ErrorCode::NotFound, format!("no job {id}")))?;
+        let job = existing_job(backends, id).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
