@@ -52,20 +52,7 @@ impl MdxModel {
             .ok_or_else(|| {
                 model_error(&manifest.name, format!("target {target:?} is not a source"))
             })?;
-        let stft =
-            Stft::new(manifest.stft).map_err(|e| model_error(&manifest.name, e.to_string()))?;
-        let graph = single_graph(manifest, options)?;
-        if graph.input_names().len() != 1 || graph.output_names().len() != 1 {
-            return Err(model_error(
-                &manifest.name,
-                format!(
-                    "an MDX-Net graph has one input and one output; {} has {} and {}",
-                    graph.path().display(),
-                    graph.input_names().len(),
-                    graph.output_names().len()
-                ),
-            ));
-        }
+        let (graph, stft) = single_graph(manifest, options, "MDX-Net", 1)?;
         Ok(Self {
             name: manifest.name.clone(),
             graph,

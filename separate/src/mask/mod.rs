@@ -9,6 +9,7 @@ pub mod spleeter;
 
 use crate::manifest::{Manifest, MaskSpec};
 use crate::runtime::RuntimeOptions;
+use crate::stft::Stft;
 use crate::{Listener, SeparateError};
 
 /// A loaded mask-family model.
@@ -46,24 +47,39 @@ impl MaskModel {
     }
 }
 
-/// The one ONNX graph a mask model must have.
+/// The one ONNX graph a mask model must have, checked to take one input and give `outputs`
+/// outputs (`family` names the kind of graph in the error), with the manifest's STFT.
 fn single_graph(
     manifest: &Manifest,
     options: &RuntimeOptions,
-) -> Result<crate::runtime::OnnxModel, SeparateError> {
-    match manifest.files.as_slice() {
-        [file] => Ok(crate::runtime::OnnxModel::load(
-            &manifest.file_path(file),
-            options,
-        )?),
-        files => Err(SeparateError::Model {
-            model: manifest.name.clone(),
-            message: format!(
-                "a mask model is one ONNX graph, the manifest lists {}",
-                files.len()
+    family: &str,
+    outputs: usize,
+) -> Result<(crate::runtime::OnnxModel, Stft), SeparateError> {
+    let stft = Stft::new(manifest.stft).map_err(|e| model_error(&manifest.name, e.to_string()))?;
+    let graph = match manifest.files.as_slice() {
+        [file] => crate::runtime::OnnxModel::load(&manifest.file_path(file), options)?,
+        files => {
+            return Err(model_error(
+                &manifest.name,
+                format!(
+                    "a mask model is one ONNX graph, the manifest lists {}",
+                    files.len()
+                ),
+            ));
+        }
+    };
+    if graph.input_names().len() != 1 || graph.output_names().len() != outputs {
+        return Err(model_error(
+            &manifest.name,
+            format!(
+                "a {family} graph takes one input and gives {outputs} output(s); {} has {} inputs and {} outputs",
+                graph.path().display(),
+                graph.input_names().len(),
+                graph.output_names().len()
             ),
-        }),
+        ));
     }
+    Ok((graph, stft))
 }
 
 fn model_error(manifest_name: &str, message: impl Into<String>) -> SeparateError {

@@ -41,21 +41,7 @@ impl SpleeterModel {
         else {
             return Err(model_error(&manifest.name, "not a Spleeter manifest"));
         };
-        let stft =
-            Stft::new(manifest.stft).map_err(|e| model_error(&manifest.name, e.to_string()))?;
-        let graph = single_graph(manifest, options)?;
-        if graph.input_names().len() != 1 || graph.output_names().len() != manifest.sources.len() {
-            return Err(model_error(
-                &manifest.name,
-                format!(
-                    "a Spleeter graph takes one input and gives one output per source ({}); {} has {} inputs and {} outputs",
-                    manifest.sources.len(),
-                    graph.path().display(),
-                    graph.input_names().len(),
-                    graph.output_names().len()
-                ),
-            ));
-        }
+        let (graph, stft) = single_graph(manifest, options, "Spleeter", manifest.sources.len())?;
         Ok(Self {
             name: manifest.name.clone(),
             graph,
