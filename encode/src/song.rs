@@ -39,10 +39,7 @@ pub fn encode_stem_files(
     is_cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<EncodedStem>, EncodeError> {
     options::validate(format)?;
-    let stems = parallel_map(inputs, |(stem, path)| {
-        if is_cancelled() {
-            return Err(EncodeError::Cancelled);
-        }
+    let stems = parallel_map(inputs, is_cancelled, |(stem, path)| {
         let file = File::open(&path)?;
         let pcm = pipeline::audio::read_wav_f32(BufReader::with_capacity(1 << 16, file)).map_err(
             |source| EncodeError::Intermediate {
@@ -66,10 +63,7 @@ pub fn encode_stems(
     is_cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<EncodedStem>, EncodeError> {
     options::validate(format)?;
-    let mut stems = parallel_map(stems, |(stem, pcm)| {
-        if is_cancelled() {
-            return Err(EncodeError::Cancelled);
-        }
+    let mut stems = parallel_map(stems, is_cancelled, |(stem, pcm)| {
         Ok((stem, to_output_layout(pcm, format.rate, song.source)?))
     })?;
     let scale = clip::prepare(&mut stems, format)?;
@@ -81,10 +75,7 @@ pub fn encode_stems(
         .enumerate()
         .map(|(index, (stem, pcm))| (out_dir.join(format!("{index}.{extension}")), stem, pcm))
         .collect();
-    parallel_map(jobs, |(path, stem, pcm)| {
-        if is_cancelled() {
-            return Err(EncodeError::Cancelled);
-        }
+    parallel_map(jobs, is_cancelled, |(path, stem, pcm)| {
         let started = std::time::Instant::now();
         let tags = Tags::for_stem(song.source_name, &stem, song.source);
         let mut file = File::create(&path)?;
@@ -103,13 +94,24 @@ pub fn encode_stems(
 }
 
 /// Runs `f` on every item, each on a thread of its own, and returns the results in order;
-/// the first error (in item order) wins. A panicking worker becomes an error, not a panic.
-fn parallel_map<T, U, F>(items: Vec<T>, f: F) -> Result<Vec<U>, EncodeError>
+/// the first error (in item order) wins. An item whose thread starts after `is_cancelled`
+/// turns true gives `Cancelled` without running. A panicking worker becomes an error, not a panic.
+fn parallel_map<T, U, F>(
+    items: Vec<T>,
+    is_cancelled: &(dyn Fn() -> bool + Sync),
+    f: F,
+) -> Result<Vec<U>, EncodeError>
 where
     T: Send,
     U: Send,
     F: Fn(T) -> Result<U, EncodeError> + Sync,
 {
+    let f = |item: T| {
+        if is_cancelled() {
+            return Err(EncodeError::Cancelled);
+        }
+        f(item)
+    };
     if items.len() <= 1 {
         return items.into_iter().map(&f).collect();
     }
