@@ -1,6 +1,10 @@
 # One-command entries. `make demo` separates the demo clip; `make check` is what CI runs.
 MSAAS_HOME ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/msaas
 export MSAAS_HOME
+# Test tools from PyPI / npm (tools/install.d) live here; their bin/ goes first on PATH.
+MSAAS_TOOLS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/msaas/tools
+export MSAAS_TOOLS
+export PATH := $(MSAAS_TOOLS)/bin:$(PATH)
 OUT ?= stems
 
 .PHONY: demo setup test-deps services fmt-check clippy test check

@@ -77,6 +77,10 @@ pub struct Config {
     pub events: EventsConfig,
     pub worker: WorkerConfig,
     pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub jobs: JobsConfig,
+    pub callbacks: CallbacksConfig,
+    pub observe: ObserveConfig,
 }
 
 impl Default for Config {
@@ -90,6 +94,10 @@ impl Default for Config {
             events: EventsConfig::default(),
             worker: WorkerConfig::default(),
             server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
+            callbacks: CallbacksConfig::default(),
+            observe: ObserveConfig::default(),
         }
     }
 }
@@ -308,6 +316,96 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+/// Who may call the HTTP API: every request names an API key (`Authorization: Bearer`), each
+/// key belongs to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of `tenant:key` lines (`#` starts a comment), e.g. a mounted Secret. Keys stay
+    /// out of `msaas.toml`, which is often committed.
+    pub keys_file: Option<PathBuf>,
+    /// Also accept keys kept in Redis: hash `msaas:apikeys`, field = hex SHA-256 of the key,
+    /// value = tenant (`msaas keys add` writes it). Needs `queue.kind = "redis"`.
+    pub redis_keys: bool,
+    /// No keys: every caller is tenant `anonymous`. For a laptop only; refused unless
+    /// `server.listen` is a loopback address.
+    pub anonymous: bool,
+}
+
+/// How long jobs live and what they may share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A finished (done, failed, cancelled) job's record, aliases and objects are deleted
+    /// this long after it ended.
+    pub retention_secs: u64,
+    /// The same tenant uploading the same bytes with the same options gets the finished job
+    /// back instead of a new separation.
+    pub dedup: bool,
+    /// A job whose record has not moved for this long is handed to its stage again (lost
+    /// message, crash between creating the record and queueing it). Must be well above the
+    /// time a job can wait in a queue plus `worker.visibility_timeout_secs`, or it only adds
+    /// duplicate messages (which are harmless: the worker skips them).
+    pub sweep_after_secs: u64,
+    /// How often the janitor (retention + sweep) runs.
+    pub janitor_interval_secs: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: 24 * 3600,
+            dedup: false,
+            sweep_after_secs: 3600,
+            janitor_interval_secs: 60,
+        }
+    }
+}
+
+/// `callback_url` webhooks: a POST of the job JSON when it is done, failed or cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// HMAC-SHA256 key for the `X-Msaas-Signature` header; unset: callbacks are unsigned.
+    /// Prefer the environment (`MSAAS_CALLBACKS__SECRET`) to a file.
+    pub secret: Option<String>,
+    /// Deliveries before giving up (each with backoff).
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub backoff_base_ms: u64,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            max_attempts: 6,
+            timeout_ms: 10_000,
+            backoff_base_ms: 1_000,
+        }
+    }
+}
+
+/// What operators see. Traces go where the standard `OTEL_EXPORTER_OTLP_*` variables say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// `ip:port` of the small HTTP listener of worker roles (`/metrics`, `/healthz`,
+    /// `/readyz`); empty: none. Ingest serves these on `server.listen`.
+    pub metrics_listen: String,
+    /// How often queue depths are read for the `msaas_queue_*` gauges.
+    pub queue_poll_ms: u64,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: "127.0.0.1:9464".to_owned(),
+            queue_poll_ms: 5_000,
         }
     }
 }
@@ -599,6 +697,63 @@ impl Config {
                 &self.server.listen,
                 "must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
             );
+        }
+        if self.auth.anonymous
+            && !self
+                .server
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|addr| addr.ip().is_loopback())
+        {
+            problem(
+                "auth.anonymous",
+                &true,
+                &format!(
+                    "only allowed when server.listen is a loopback address, not {:?}",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.auth.redis_keys && self.queue.kind != QueueKind::Redis {
+            problem(
+                "auth.redis_keys",
+                &true,
+                "needs queue.kind = \"redis\" (the keys live there)",
+            );
+        }
+        if self.jobs.retention_secs == 0 {
+            problem("jobs.retention_secs", &0, "must be at least 1");
+        }
+        if self.jobs.sweep_after_secs <= self.worker.visibility_timeout_secs {
+            problem(
+                "jobs.sweep_after_secs",
+                &self.jobs.sweep_after_secs,
+                &format!(
+                    "must be more than worker.visibility_timeout_secs ({})",
+                    self.worker.visibility_timeout_secs
+                ),
+            );
+        }
+        if self.jobs.janitor_interval_secs == 0 {
+            problem("jobs.janitor_interval_secs", &0, "must be at least 1");
+        }
+        if self.callbacks.max_attempts == 0 {
+            problem("callbacks.max_attempts", &0, "must be at least 1");
+        }
+        if self.callbacks.timeout_ms == 0 {
+            problem("callbacks.timeout_ms", &0, "must be at least 1");
+        }
+        if !self.observe.metrics_listen.is_empty()
+            && self.observe.metrics_listen.parse::<SocketAddr>().is_err()
+        {
+            problem(
+                "observe.metrics_listen",
+                &self.observe.metrics_listen,
+                "must be an address and port, or empty for none",
+            );
+        }
+        if self.observe.queue_poll_ms == 0 {
+            problem("observe.queue_poll_ms", &0, "must be at least 1");
         }
         if problems.is_empty() {
             Ok(())

@@ -17,7 +17,7 @@ pub use config::{Config, ConfigError};
 pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
-pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue};
+pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue, TransitionHook};
 pub use worker::{
     Outcome, Worker, WorkerSettings, cancel, submit, submit_file, wait_until_finished,
 };

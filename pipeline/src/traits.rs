@@ -208,7 +208,31 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(), BackendError>;
     /// A tenant's jobs, newest first.
     async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, BackendError>;
+    /// Deletes the record and every alias bound to it (not its objects: see
+    /// [`crate::janitor`]).
     async fn delete(&self, id: &JobId) -> Result<(), BackendError>;
+    /// Terminal jobs whose last move (`updated_ms`) was before `ended_before_ms`, oldest
+    /// first: the retention sweep deletes their objects and then the record.
+    async fn expired(&self, ended_before_ms: u64, limit: usize)
+    -> Result<Vec<JobId>, BackendError>;
+    /// Jobs not in a terminal state whose record last moved before `updated_before_ms`,
+    /// oldest first: the sweeper hands them to their stage again (a crash between creating
+    /// the record and queueing it, a message lost with a queue server's data).
+    async fn stale(&self, updated_before_ms: u64, limit: usize) -> Result<Vec<Job>, BackendError>;
+    /// Binds `alias` (an idempotency key or a content fingerprint; the caller namespaces it,
+    /// e.g. `idem:{tenant}:{key}`) to job `id` unless it is bound already, atomically.
+    /// Returns the job it is bound to afterwards: `id`, or the earlier one. The binding lives
+    /// as long as the job's record.
+    async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError>;
+    /// The job `alias` is bound to, if any (and if that record still exists).
+    async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError>;
+}
+
+/// Reacts to a job's transitions in the process that makes them (metrics, webhooks). Called
+/// inline by the worker, `submit` and `cancel` before the event is published, so it must not
+/// block or fail: anything slow is spawned.
+pub trait TransitionHook: Send + Sync {
+    fn on_event(&self, event: &JobEvent);
 }
 
 /// What happened to a job, as published on the event bus (`msaas.jobs.{id}.{kind}` on NATS).

@@ -185,6 +185,9 @@ async fn publish(backends: &Backends, kind: EventKind, job: &Job, stage: Option<
         job: Some(job.clone()),
         at_ms: now_ms(),
     };
+    for hook in &backends.hooks {
+        hook.on_event(&event);
+    }
     if let Err(err) = backends.events.publish(&event).await {
         tracing::warn!(job = %job.id, kind = kind.as_str(), %err, "event not published");
     }
@@ -689,6 +692,21 @@ pub async fn submit(
     traceparent: Option<String>,
 ) -> Result<Job, CodedError> {
     job.options.validate()?;
+    store_source(backends, &mut job, source, limit).await?;
+    enqueue_new(backends, job, traceparent).await
+}
+
+/// The first half of [`submit`]: streams the source to [`keys::source`] and sets
+/// `job.sha256`. Nothing is queued yet, so a caller can still look at the bytes' hash
+/// (dedup) and drop the job with [`BlobStore::delete`] of the source.
+///
+/// [`BlobStore::delete`]: crate::traits::BlobStore::delete
+pub async fn store_source(
+    backends: &Backends,
+    job: &mut Job,
+    source: ByteStream,
+    limit: Option<u64>,
+) -> Result<(), CodedError> {
     let key = keys::source(&job.id);
     let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
     let hashing = {
@@ -726,6 +744,17 @@ pub async fn submit(
         .clone()
         .finalize();
     job.sha256 = Some(hex::encode(digest));
+    Ok(())
+}
+
+/// The second half of [`submit`]: creates the record (state `queued`), publishes `queued`
+/// and enqueues decode. On a create failure the stored source is deleted.
+pub async fn enqueue_new(
+    backends: &Backends,
+    mut job: Job,
+    traceparent: Option<String>,
+) -> Result<Job, CodedError> {
+    let key = keys::source(&job.id);
     job.state = JobState::Queued;
     job.attempt = 0;
     if let Err(err) = backends.jobs.create(&job).await {

@@ -254,6 +254,7 @@ impl Harness {
             jobs: Arc::new(MemoryJobStore::new()),
             store: Arc::new(LocalDirStore::new(dir.path()).unwrap()),
             events: Arc::new(LocalEvents::default()),
+            hooks: Vec::new(),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut stream = backends.events.subscribe(None).await.unwrap();

@@ -14,6 +14,7 @@ struct Inner {
     /// Record plus its creation sequence, which orders jobs created in the same millisecond.
     jobs: HashMap<JobId, (u64, Job)>,
     next_seq: u64,
+    aliases: HashMap<String, JobId>,
 }
 
 /// The in-memory [`JobStore`]. Cheap to clone (shared state).
@@ -95,8 +96,63 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn delete(&self, id: &JobId) -> Result<(), BackendError> {
-        self.write().jobs.remove(id);
+        let mut inner = self.write();
+        inner.jobs.remove(id);
+        inner.aliases.retain(|_, bound| bound != id);
         Ok(())
+    }
+
+    async fn expired(
+        &self,
+        ended_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobId>, BackendError> {
+        let inner = self.read();
+        let mut ended: Vec<&Job> = inner
+            .jobs
+            .values()
+            .map(|(_, job)| job)
+            .filter(|job| job.state.is_terminal() && job.updated_ms < ended_before_ms)
+            .collect();
+        ended.sort_by_key(|job| job.updated_ms);
+        Ok(ended
+            .into_iter()
+            .take(limit)
+            .map(|job| job.id.clone())
+            .collect())
+    }
+
+    async fn stale(&self, updated_before_ms: u64, limit: usize) -> Result<Vec<Job>, BackendError> {
+        let inner = self.read();
+        let mut stale: Vec<&Job> = inner
+            .jobs
+            .values()
+            .map(|(_, job)| job)
+            .filter(|job| !job.state.is_terminal() && job.updated_ms < updated_before_ms)
+            .collect();
+        stale.sort_by_key(|job| job.updated_ms);
+        Ok(stale.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError> {
+        let mut inner = self.write();
+        // A binding to a deleted record is stale: the alias is free again.
+        if let Some(bound) = inner.aliases.get(alias)
+            && inner.jobs.contains_key(bound)
+        {
+            return Ok(bound.clone());
+        }
+        inner.aliases.insert(alias.to_owned(), id.clone());
+        Ok(id.clone())
+    }
+
+    async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError> {
+        let inner = self.read();
+        Ok(inner
+            .aliases
+            .get(alias)
+            .filter(|bound| inner.jobs.contains_key(*bound))
+            .cloned())
     }
 }
 

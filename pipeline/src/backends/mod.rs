@@ -17,7 +17,7 @@ pub use memory_queue::{DeadLetter, MemoryQueue};
 
 use crate::config::{Config, QueueKind, StorageKind};
 use crate::error::{CodedError, ErrorCode};
-use crate::traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue};
+use crate::traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue, TransitionHook};
 
 /// The four seams a worker, ingest and `msaas run` share.
 #[derive(Clone)]
@@ -26,6 +26,8 @@ pub struct Backends {
     pub jobs: Arc<dyn JobStore>,
     pub store: Arc<dyn BlobStore>,
     pub events: Arc<dyn EventBus>,
+    /// Called on every transition this process makes (metrics, webhooks).
+    pub hooks: Vec<Arc<dyn TransitionHook>>,
 }
 
 impl Backends {
@@ -39,6 +41,7 @@ impl Backends {
             jobs: Arc::new(MemoryJobStore::new()),
             store: Arc::new(LocalDirStore::new(store_dir)?),
             events: Arc::new(LocalEvents::default()),
+            hooks: Vec::new(),
         })
     }
 
@@ -72,6 +75,14 @@ impl Backends {
                 format!("cannot use {} as the local store: {err}", dir.display()),
             )
         })
+    }
+}
+
+impl Backends {
+    /// Adds a hook called on every transition this process makes.
+    pub fn with_hook(mut self, hook: Arc<dyn TransitionHook>) -> Self {
+        self.hooks.push(hook);
+        self
     }
 }
 
