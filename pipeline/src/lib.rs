@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod backends;
+pub mod callback;
 pub mod config;
 pub mod error;
 pub mod job;
