@@ -6,6 +6,7 @@ pub mod backends;
 pub mod callback;
 pub mod config;
 pub mod error;
+pub mod janitor;
 pub mod job;
 pub mod resample;
 pub mod stage;

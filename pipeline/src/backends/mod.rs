@@ -5,11 +5,13 @@ mod local_dir;
 mod local_events;
 mod memory_jobs;
 mod memory_queue;
+mod redis;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::redis::{RedisJobStore, RedisQueue};
 pub use local_dir::{LocalDirStore, validate_key};
 pub use local_events::LocalEvents;
 pub use memory_jobs::MemoryJobStore;
