@@ -1,4 +1,8 @@
-//! Observability set-up shared by every role of the binary.
+//! Observability set-up shared by every role of the binary: logging and OTLP trace export
+//! ([`init_logging`]), Prometheus metrics ([`metrics`]), W3C trace-context carry ([`trace`]).
+
+pub mod metrics;
+pub mod trace;
 
 use std::io::IsTerminal;
 
