@@ -1,0 +1,349 @@
+//! RedisJobStore against a real Redis (MSAAS_TEST_REDIS_URL, default redis://127.0.0.1:6379):
+//! records, the compare-and-set, tenant lists, the janitor's indexes, aliases, API keys.
+
+mod redis_common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipeline::job::now_ms;
+use pipeline::traits::JobStore;
+use pipeline::{BackendError, Job, JobId, JobOptions, JobState};
+use redis_common::TestNamespace;
+
+const RETENTION: Duration = Duration::from_secs(3600);
+
+fn job(tenant: &str) -> Job {
+    Job::new(tenant, "song.mp3", JobOptions::default())
+}
+
+fn moved(job: &Job, state: JobState, attempt: u32) -> Job {
+    let mut next = job.clone();
+    next.state = state;
+    next.attempt = attempt;
+    next.updated_ms = now_ms();
+    next
+}
+
+#[tokio::test]
+async fn create_get_and_refuse_duplicates() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let mut job = job("acme");
+    job.sha256 = Some("ab".repeat(32));
+    store.create(&job).await.unwrap();
+    assert_eq!(store.get(&job.id).await.unwrap(), Some(job.clone()));
+    assert!(matches!(
+        store.create(&job).await,
+        Err(BackendError::Conflict(_))
+    ));
+    assert_eq!(store.get(&JobId::new_random()).await.unwrap(), None);
+    // The record is a hash with the fields the Lua scripts check beside the JSON.
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(ns.key(&format!("job:{}", job.id)))
+        .query(&mut ns.raw())
+        .unwrap();
+    for field in ["json", "state", "attempt", "tenant", "updated_ms"] {
+        assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
+    }
+}
+
+#[tokio::test]
+async fn compare_and_set_checks_state_and_attempt() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let job = job("acme");
+    store.create(&job).await.unwrap();
+    let next = moved(&job, JobState::Decoding, 1);
+    // Wrong state, then wrong attempt: nothing changes.
+    assert!(matches!(
+        store.compare_and_set(JobState::Decoding, 0, &next).await,
+        Err(BackendError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.compare_and_set(JobState::Queued, 1, &next).await,
+        Err(BackendError::Conflict(_))
+    ));
+    assert_eq!(store.get(&job.id).await.unwrap(), Some(job.clone()));
+
+    store
+        .compare_and_set(JobState::Queued, 0, &next)
+        .await
+        .unwrap();
+    assert_eq!(store.get(&job.id).await.unwrap(), Some(next.clone()));
+    // The same move again loses: the record moved on.
+    assert!(matches!(
+        store.compare_and_set(JobState::Queued, 0, &next).await,
+        Err(BackendError::Conflict(_))
+    ));
+    let unknown = self::job("acme");
+    assert!(matches!(
+        store.compare_and_set(JobState::Queued, 0, &unknown).await,
+        Err(BackendError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_set_has_one_winner() {
+    let ns = TestNamespace::new();
+    let store = Arc::new(ns.store(RETENTION).await);
+    let job = job("acme");
+    store.create(&job).await.unwrap();
+    let tasks: Vec<_> = (1..=16u32)
+        .map(|attempt| {
+            let store = store.clone();
+            let next = moved(&job, JobState::Decoding, attempt);
+            tokio::spawn(async move {
+                store
+                    .compare_and_set(JobState::Queued, 0, &next)
+                    .await
+                    .map(|()| attempt)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(attempt) => winners.push(attempt),
+            Err(BackendError::Conflict(_)) => {}
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let record = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.attempt),
+        (JobState::Decoding, winners[0])
+    );
+}
+
+#[tokio::test]
+async fn list_is_per_tenant_newest_first() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let mut ids = Vec::new();
+    for n in 0..5u64 {
+        let mut job = job("acme");
+        // Some share a creation millisecond: creation order still decides.
+        job.created_ms = 1_764_000_000_000 + n / 2;
+        store.create(&job).await.unwrap();
+        ids.push(job.id);
+    }
+    store.create(&job("other")).await.unwrap();
+    let listed: Vec<JobId> = store
+        .list("acme", 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(listed, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+    assert_eq!(store.list("acme", 100).await.unwrap().len(), 5);
+    let others = store.list("other", 10).await.unwrap();
+    assert_eq!(others.len(), 1);
+    assert!(others.iter().all(|job| job.tenant == "other"));
+    assert!(store.list("nobody", 10).await.unwrap().is_empty());
+
+    store.delete(&ids[4]).await.unwrap();
+    assert_eq!(store.get(&ids[4]).await.unwrap(), None);
+    store.delete(&ids[4]).await.unwrap();
+    assert_eq!(store.list("acme", 1).await.unwrap()[0].id, ids[3]);
+
+    // A record that vanished without a delete (its expiry) is skipped, and the list still
+    // fills up to the limit.
+    let _: () = redis::cmd("DEL")
+        .arg(ns.key(&format!("job:{}", ids[3])))
+        .query(&mut ns.raw())
+        .unwrap();
+    let listed: Vec<JobId> = store
+        .list("acme", 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(listed, vec![ids[2].clone(), ids[1].clone()]);
+}
+
+#[tokio::test]
+async fn expired_and_stale_indexes_follow_the_record() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let now = now_ms();
+    let mut old_done = job("acme");
+    old_done.updated_ms = now - 50_000;
+    let mut older_failed = job("acme");
+    older_failed.updated_ms = now - 90_000;
+    let fresh_done = job("acme");
+    for job in [&old_done, &older_failed, &fresh_done] {
+        store.create(job).await.unwrap();
+    }
+    let mut stuck = job("acme");
+    stuck.updated_ms = now - 70_000;
+    store.create(&stuck).await.unwrap();
+    let fresh_queued = job("acme");
+    store.create(&fresh_queued).await.unwrap();
+
+    // Nothing has ended yet; the old queued records are stale, oldest first.
+    assert!(store.expired(now, 10).await.unwrap().is_empty());
+    let stale: Vec<JobId> = store
+        .stale(now - 10_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(
+        stale,
+        vec![
+            older_failed.id.clone(),
+            stuck.id.clone(),
+            old_done.id.clone()
+        ]
+    );
+
+    for (job, state) in [
+        (&old_done, JobState::Done),
+        (&older_failed, JobState::Failed),
+        (&fresh_done, JobState::Done),
+    ] {
+        let mut ended = job.clone();
+        ended.state = state;
+        store
+            .compare_and_set(JobState::Queued, 0, &ended)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.expired(now - 10_000, 10).await.unwrap(),
+        vec![older_failed.id.clone(), old_done.id.clone()]
+    );
+    assert_eq!(store.expired(now - 10_000, 1).await.unwrap().len(), 1);
+    let stale: Vec<JobId> = store
+        .stale(now - 10_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(stale, vec![stuck.id.clone()]);
+
+    // A finished record expires (retention + a day) even if no janitor runs; a running one not.
+    let mut raw = ns.raw();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(ns.key(&format!("job:{}", old_done.id)))
+        .query(&mut raw)
+        .unwrap();
+    assert!(ttl > 3600 && ttl <= 3600 + 86_400, "ttl {ttl}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(ns.key(&format!("job:{}", stuck.id)))
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(ttl, -1);
+
+    store.delete(&old_done.id).await.unwrap();
+    assert_eq!(
+        store.expired(now, 10).await.unwrap(),
+        vec![older_failed.id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn aliases_bind_once_and_go_with_the_record() {
+    let ns = TestNamespace::new();
+    let store = Arc::new(ns.store(RETENTION).await);
+    let first = job("acme");
+    let second = job("acme");
+    store.create(&first).await.unwrap();
+    store.create(&second).await.unwrap();
+    let alias = "idem:acme:key-1";
+    assert_eq!(store.resolve_alias(alias).await.unwrap(), None);
+    assert_eq!(store.bind_alias(alias, &first.id).await.unwrap(), first.id);
+    assert_eq!(store.bind_alias(alias, &second.id).await.unwrap(), first.id);
+    assert_eq!(store.bind_alias(alias, &first.id).await.unwrap(), first.id);
+    assert_eq!(
+        store.resolve_alias(alias).await.unwrap(),
+        Some(first.id.clone())
+    );
+
+    // Deleting the record removes its aliases: the key is free again.
+    store.delete(&first.id).await.unwrap();
+    assert_eq!(store.resolve_alias(alias).await.unwrap(), None);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(ns.key(&format!("alias:{alias}")))
+        .query(&mut ns.raw())
+        .unwrap();
+    assert!(!exists);
+    assert_eq!(
+        store.bind_alias(alias, &second.id).await.unwrap(),
+        second.id
+    );
+
+    // Many binders at once: exactly one wins, and everyone is told the same winner.
+    let contested = "sha:acme:0123";
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        let job = job("acme");
+        store.create(&job).await.unwrap();
+        jobs.push(job.id);
+    }
+    let tasks: Vec<_> = jobs
+        .iter()
+        .cloned()
+        .map(|id| {
+            let store = store.clone();
+            tokio::spawn(async move { store.bind_alias(contested, &id).await })
+        })
+        .collect();
+    let mut bound = HashSet::new();
+    for task in tasks {
+        bound.insert(task.await.unwrap().unwrap());
+    }
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let winner = bound.into_iter().next().unwrap();
+    assert!(jobs.contains(&winner));
+    assert_eq!(store.resolve_alias(contested).await.unwrap(), Some(winner));
+}
+
+#[tokio::test]
+async fn a_finished_jobs_aliases_expire_with_it() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let job = job("acme");
+    store.create(&job).await.unwrap();
+    store.bind_alias("idem:acme:x", &job.id).await.unwrap();
+    let mut done = job.clone();
+    done.state = JobState::Done;
+    store
+        .compare_and_set(JobState::Queued, 0, &done)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(ns.key("alias:idem:acme:x"))
+        .query(&mut ns.raw())
+        .unwrap();
+    assert!(ttl > 3600, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn api_keys_map_to_tenants() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    assert_eq!(store.api_key_tenant(key).await.unwrap(), None);
+    store.add_api_key("acme", key).await.unwrap();
+    assert_eq!(
+        store.api_key_tenant(key).await.unwrap().as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        store
+            .api_key_tenant(&key.to_ascii_uppercase())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("acme")
+    );
+    assert_eq!(store.api_key_tenant(&"0".repeat(64)).await.unwrap(), None);
+}
