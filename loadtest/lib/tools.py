@@ -116,11 +116,11 @@ def s3_bucket(endpoint, bucket, region):
             sys.exit(f"cannot create bucket {bucket} at {endpoint}: {err.code} {body[:300]}")
 
 
-QUEUE_LINE = re.compile(r'^(msaas_queue_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+QUEUE_LINE = re.compile(r'^(msaas_queue_[a-z_]+|msaas_stage_in_flight)\{([^}]*)\}\s+([0-9.eE+-]+)$')
 
 
 def poll_metrics(url, csv_path, stop_file):
-    """One sample a second of every msaas_queue_* series with a stage label."""
+    """One sample a second of every msaas_queue_* and msaas_stage_in_flight series (by stage)."""
     started = time.monotonic()
     with open(csv_path, "w", newline="") as out:
         writer = csv.writer(out)
@@ -192,30 +192,49 @@ def report(summary_path, queue_csv, out_md, title):
     return all_ok
 
 
+STAGE_ORDER = ["decode", "separate", "encode"]
+
+
+def _series(rows, metric):
+    """{seconds: {stage: value}} of one metric."""
+    by_time = {}
+    for row in rows:
+        if row["metric"] == metric:
+            by_time.setdefault(float(row["seconds"]), {})[row["stage"]] = float(row["value"])
+    return by_time
+
+
 def _queue_section(queue_csv):
     rows = []
     if os.path.exists(queue_csv):
         with open(queue_csv) as handle:
             rows = list(csv.DictReader(handle))
-    waiting = [row for row in rows if row["metric"] == "msaas_queue_waiting"]
+    waiting = _series(rows, "msaas_queue_waiting")
     if not waiting:
         return ("## Queue depth\n\nNo `msaas_queue_waiting` series on /metrics during the run "
                 "(the service did not export it), so no queue depth over time.")
-    stages = sorted({row["stage"] for row in waiting}, key=lambda s: ["decode", "separate", "encode"].index(s)
-                    if s in ("decode", "separate", "encode") else 9)
-    by_time = {}
-    for row in waiting:
-        by_time.setdefault(float(row["seconds"]), {})[row["stage"]] = float(row["value"])
-    times = sorted(by_time)
-    out = ["## Queue depth (`msaas_queue_waiting`, sampled every second)", ""]
-    out += ["| stage | max waiting | mean waiting |", "|---|---|---|"]
+    pending = _series(rows, "msaas_queue_pending")
+    in_flight = _series(rows, "msaas_stage_in_flight")
+    stages = sorted({stage for values in waiting.values() for stage in values},
+                    key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
+    times = sorted(waiting)
+    out = ["## Queue depth per stage (/metrics, sampled every second)", "",
+           "waiting = `msaas_queue_waiting` (not yet delivered), pending = `msaas_queue_pending` "
+           "(delivered, not acked), busy = `msaas_stage_in_flight` (stage runs in progress); "
+           "busy % = share of samples with at least one run in progress.", ""]
+    out += ["| stage | max waiting | mean waiting | max pending | busy % |", "|---|---|---|---|---|"]
     for stage in stages:
-        values = [by_time[t].get(stage, 0.0) for t in times]
-        out.append(f"| {stage} | {max(values):.0f} | {sum(values) / len(values):.2f} |")
-    out += ["", "| t (s) | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+        values = [waiting[t].get(stage, 0.0) for t in times]
+        pend = [values_at.get(stage, 0.0) for values_at in pending.values()] or [0.0]
+        busy = [values_at.get(stage, 0.0) for values_at in in_flight.values()]
+        busy_share = f"{100.0 * sum(1 for v in busy if v > 0) / len(busy):.0f}" if busy else "-"
+        out.append(f"| {stage} | {max(values):.0f} | {sum(values) / len(values):.2f} | "
+                   f"{max(pend):.0f} | {busy_share} |")
+    out += ["", "Waiting over time:", "", "| t (s) | " + " | ".join(stages) + " |",
+            "|---" * (len(stages) + 1) + "|"]
     step = max(1, len(times) // 20)
     for t in times[::step]:
-        out.append(f"| {t:.0f} | " + " | ".join(f"{by_time[t].get(s, 0.0):.0f}" for s in stages) + " |")
+        out.append(f"| {t:.0f} | " + " | ".join(f"{waiting[t].get(s, 0.0):.0f}" for s in stages) + " |")
     return "\n".join(out)
 
 
