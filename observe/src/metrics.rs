@@ -296,21 +296,39 @@ pub fn job_finished(state: &'static str) {
     metrics().jobs_total.with_label_values(&[state]).inc();
 }
 
-/// A stage run started (a delivery claimed and accepted).
-pub fn stage_started(stage: &'static str) {
-    let m = metrics();
-    m.stage_attempts.with_label_values(&[stage]).inc();
-    m.stage_in_flight.with_label_values(&[stage]).inc();
+/// A stage run started (a delivery accepted by the worker: first tries and retries).
+pub fn stage_attempt(stage: &'static str) {
+    metrics().stage_attempts.with_label_values(&[stage]).inc();
 }
 
-/// A stage run ended, successfully after `seconds` (`Some`) or not (`None`).
-pub fn stage_ended(stage: &'static str, seconds: Option<f64>) {
-    let m = metrics();
-    m.stage_in_flight.with_label_values(&[stage]).dec();
-    if let Some(seconds) = seconds {
-        m.stage_duration
-            .with_label_values(&[stage])
-            .observe(seconds.max(0.0));
+/// A stage run succeeded after `seconds` (claim to record moved on).
+pub fn stage_duration(stage: &'static str, seconds: f64) {
+    metrics()
+        .stage_duration
+        .with_label_values(&[stage])
+        .observe(seconds.max(0.0));
+}
+
+/// Counts a stage run in `msaas_stage_in_flight` for as long as it lives.
+#[derive(Debug)]
+#[must_use = "the run counts as in flight only while the guard lives"]
+pub struct InFlight {
+    stage: &'static str,
+}
+
+impl InFlight {
+    pub fn start(stage: &'static str) -> Self {
+        metrics().stage_in_flight.with_label_values(&[stage]).inc();
+        Self { stage }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics()
+            .stage_in_flight
+            .with_label_values(&[self.stage])
+            .dec();
     }
 }
 

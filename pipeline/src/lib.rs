@@ -10,6 +10,7 @@ pub mod janitor;
 pub mod job;
 pub mod resample;
 pub mod stage;
+pub mod telemetry;
 pub mod traits;
 pub mod worker;
 

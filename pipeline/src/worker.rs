@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backends::Backends;
 use crate::error::{CodedError, ErrorCode};
@@ -290,7 +291,56 @@ impl Worker {
     /// Processes one claimed delivery to the end (ack, retry, dead-letter or release).
     /// `Err` means a backend failed on the way; the message is then neither acked nor
     /// given back, and every step taken so far is safe to repeat.
+    ///
+    /// Runs in a span `stage.{stage}` whose parent is the message's `traceparent`, so every
+    /// stage of a job lands in the job's trace.
     pub async fn process_one(
+        &self,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, BackendError> {
+        let stage = self.stage();
+        let span = tracing::info_span!(
+            "stage",
+            otel.name = %format_args!("stage.{stage}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            msaas.stage = stage.as_str(),
+            msaas.job_id = %delivery.message.job_id,
+            msaas.attempt = delivery.attempt,
+            msaas.tenant = tracing::field::Empty,
+            msaas.model = tracing::field::Empty,
+            msaas.audio_duration_secs = tracing::field::Empty,
+            msaas.outcome = tracing::field::Empty,
+            msaas.error_code = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &delivery.message.traceparent {
+            observe::trace::set_parent(&span, traceparent);
+        }
+        let result = self
+            .process_delivery(delivery, shutdown)
+            .instrument(span.clone())
+            .await;
+        let (outcome, error_code) = match &result {
+            Ok(Outcome::Advanced { .. }) => ("advanced", None),
+            Ok(Outcome::Done) => ("done", None),
+            Ok(Outcome::Failed(error)) => ("failed", Some(error.code)),
+            Ok(Outcome::Retrying { error, .. }) => ("retrying", Some(error.code)),
+            Ok(Outcome::Cancelled) => ("cancelled", None),
+            Ok(Outcome::Released) => ("released", None),
+            Ok(Outcome::Skipped(_)) => ("skipped", None),
+            Ok(Outcome::Superseded) => ("superseded", None),
+            Err(err) => ("backend_error", Some(err.code())),
+        };
+        span.record("msaas.outcome", outcome);
+        if let Some(code) = error_code {
+            span.record("msaas.error_code", code.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn process_delivery(
         &self,
         delivery: &Delivery,
         shutdown: &CancellationToken,
@@ -337,7 +387,9 @@ impl Worker {
                         delivery.attempt - 1
                     ),
                 );
-                return self.exhaust(job, delivery, error).await;
+                return self
+                    .exhaust(job, delivery, error, ErrorCode::AttemptsExhausted)
+                    .await;
             }
             let mut running = job.clone();
             running.state = stage.running_state();
@@ -360,8 +412,16 @@ impl Worker {
         )
         .await;
         tracing::info!(%stage, job = %id, attempt = delivery.attempt, "stage started");
+        let span = tracing::Span::current();
+        span.record("msaas.tenant", running.tenant.as_str());
+        span.record("msaas.model", running.options.model.as_str());
+        if let Some(source) = &running.source {
+            span.record("msaas.audio_duration_secs", source.duration_secs);
+        }
 
+        let in_flight = observe::metrics::InFlight::start(stage.as_str());
         let result = self.run_handler(&running, delivery, shutdown).await;
+        drop(in_flight);
 
         // The job may have been cancelled while the stage ran: then nothing it did counts.
         let current = jobs.get(id).await?;
@@ -394,8 +454,9 @@ impl Worker {
                             delivery.attempt
                         ),
                     );
-                    return self.exhaust(running, delivery, exhausted).await;
+                    return self.exhaust(running, delivery, exhausted, error.code).await;
                 }
+                observe::metrics::stage_retried(stage.as_str(), error.code.as_str());
                 let delay = self.settings.backoff(delivery.attempt);
                 tracing::warn!(%stage, job = %id, attempt = delivery.attempt, %error, ?delay, "stage failed; retrying");
                 publish(&self.backends, EventKind::Retrying, &running, Some(stage)).await;
@@ -550,12 +611,14 @@ impl Worker {
     }
 
     /// Fails the job with `error` and dead-letters the message — in that order, so a crash
-    /// in between leaves a failed job whose redelivered message is simply acked.
+    /// in between leaves a failed job whose redelivered message is simply acked. `cause` is
+    /// the code of the last failure, what the dead-letter metric counts.
     async fn exhaust(
         &self,
         job: Job,
         delivery: &Delivery,
         error: CodedError,
+        cause: ErrorCode,
     ) -> Result<Outcome, BackendError> {
         let stage = self.stage();
         tracing::warn!(%stage, job = %job.id, %error, "attempts exhausted; dead-lettering");
@@ -566,6 +629,7 @@ impl Worker {
             .queue
             .dead_letter(stage, delivery, &error)
             .await?;
+        observe::metrics::dead_lettered(stage.as_str(), cause.as_str());
         Ok(Outcome::Failed(error))
     }
 
@@ -613,10 +677,13 @@ impl Worker {
         }
     }
 
+    /// The next stage's message. Its `traceparent` names this stage's span (same trace, so
+    /// the next stage becomes its child); without trace export the incoming one is passed on.
     fn next_message(&self, delivery: &Delivery) -> StageMessage {
         StageMessage {
             job_id: delivery.message.job_id.clone(),
-            traceparent: delivery.message.traceparent.clone(),
+            traceparent: observe::trace::current_traceparent()
+                .or_else(|| delivery.message.traceparent.clone()),
         }
     }
 }
