@@ -461,3 +461,103 @@ async fn a_worker_killed_mid_stage_loses_its_message_to_another() {
     let depth = backends.queue.depth(Stage::Separate).await.unwrap();
     assert_eq!((depth.waiting, depth.pending), (0, 0));
 }
+
+/// A private redis-server on a free port (without persistence), killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private redis-server on port {} did not start", self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_queue_recovers_when_redis_restarts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = PrivateRedis::start(port);
+    server.wait_ready().await;
+    let queue = RedisQueue::connect(&server.url(), "msaas", VISIBILITY)
+        .await
+        .unwrap();
+    queue.enqueue(Stage::Decode, message()).await.unwrap();
+    assert!(claim(&queue, Stage::Decode, "a", NO_WAIT).await.is_some());
+
+    // The server dies with everything in it (no persistence) and comes back empty.
+    drop(server);
+    assert!(queue.claim(Stage::Decode, "a", NO_WAIT).await.is_err());
+    let server = PrivateRedis::start(port);
+    server.wait_ready().await;
+
+    // Connections come back and the consumer groups are made again; callers only see
+    // errors (which the worker retries with backoff) until then.
+    let sent = message();
+    let delivery = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if queue.enqueue(Stage::Decode, sent.clone()).await.is_ok() {
+                match queue
+                    .claim(Stage::Decode, "a", Duration::from_millis(200))
+                    .await
+                {
+                    Ok(Some(delivery)) => return delivery,
+                    Ok(None) | Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the queue works again after the restart");
+    assert_eq!(delivery.message, sent);
+    assert_eq!(delivery.attempt, 1);
+}

@@ -319,9 +319,14 @@ impl RedisQueue {
                     self.ensure_group(stage).await?;
                     return Ok(None);
                 }
-                // The connection is dropped, not pooled: the next claim connects afresh.
-                Ok(Err(err)) => return Err(redis_error("XREADGROUP", err)),
+                // The connection is dropped, not pooled, and so are the idle ones: after a
+                // server restart they are all dead, and the next claim connects afresh.
+                Ok(Err(err)) => {
+                    self.forget_blocking_connections();
+                    return Err(redis_error("XREADGROUP", err));
+                }
                 Err(_) => {
+                    self.forget_blocking_connections();
                     return Err(BackendError::Queue(format!(
                         "redis XREADGROUP on {} did not answer within {:?}",
                         self.stream_key(stage),
@@ -407,6 +412,13 @@ impl RedisQueue {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|err| redis_error("connect", err))
+    }
+
+    fn forget_blocking_connections(&self) {
+        self.blocking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn return_blocking_connection(&self, conn: MultiplexedConnection) {
