@@ -210,11 +210,19 @@ def _queue_section(queue_csv):
         with open(queue_csv) as handle:
             rows = list(csv.DictReader(handle))
     waiting = _series(rows, "msaas_queue_waiting")
-    if not waiting:
-        return ("## Queue depth\n\nNo `msaas_queue_waiting` series on /metrics during the run "
-                "(the service did not export it), so no queue depth over time.")
     pending = _series(rows, "msaas_queue_pending")
     in_flight = _series(rows, "msaas_stage_in_flight")
+    if not waiting:
+        out = ["## Queue depth", "",
+               "No `msaas_queue_waiting` series on /metrics during the run (the service did not "
+               "export it), so no queue depth over time."]
+        if in_flight:
+            out += ["", "| stage | busy % (`msaas_stage_in_flight` > 0) |", "|---|---|"]
+            for stage in sorted({s for v in in_flight.values() for s in v},
+                                key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 9):
+                busy = [v.get(stage, 0.0) for v in in_flight.values()]
+                out.append(f"| {stage} | {100.0 * sum(1 for b in busy if b > 0) / len(busy):.0f} |")
+        return "\n".join(out)
     stages = sorted({stage for values in waiting.values() for stage in values},
                     key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER))
     times = sorted(waiting)
