@@ -109,3 +109,9 @@ pub async fn poll_queues(backends: &Backends) {
         }
     }
 }
+
+/// A model was loaded in `seconds` (`msaas_model_load_seconds{model}`); for stage crates,
+/// which reach `observe` through the pipeline.
+pub fn model_loaded(model: &str, seconds: f64) {
+    observe::metrics::model_loaded(model, seconds);
+}

@@ -239,6 +239,8 @@ impl Separator {
         models_dir: &Path,
         options: &RuntimeOptions,
     ) -> Result<Self, SeparateError> {
+        let span = tracing::info_span!("separate.model_load", msaas.model = model);
+        let _entered = span.enter();
         let path = resolve_manifest(model, models_dir)?;
         Self::from_manifest(Manifest::load(&path)?, options)
     }
@@ -247,11 +249,14 @@ impl Separator {
         manifest: Manifest,
         options: &RuntimeOptions,
     ) -> Result<Self, SeparateError> {
+        let started = std::time::Instant::now();
         let family = match manifest.family {
             FamilyKind::Mask => Family::Mask(mask::MaskModel::load(&manifest, options)?),
             FamilyKind::Demucs => Family::Demucs(demucs::DemucsModel::load(&manifest, options)?),
         };
-        tracing::info!(model = %manifest.name, family = manifest.family.as_str(), "model loaded");
+        let seconds = started.elapsed().as_secs_f64();
+        pipeline::telemetry::model_loaded(&manifest.name, seconds);
+        tracing::info!(model = %manifest.name, family = manifest.family.as_str(), seconds, "model loaded");
         Ok(Self { manifest, family })
     }
 
@@ -285,6 +290,15 @@ impl Separator {
         options: &SeparateOptions,
         listener: &mut dyn Listener,
     ) -> Result<Vec<(String, Pcm)>, SeparateError> {
+        // One span per model run, a child of the stage's span when the caller carries it in.
+        let span = tracing::info_span!(
+            "separate.model_run",
+            msaas.model = self.name(),
+            msaas.family = self.manifest.family.as_str(),
+            msaas.audio_duration_secs = pcm.frames() as f64 / f64::from(pcm.sample_rate.max(1)),
+            msaas.sources = self.sources().len(),
+        );
+        let _entered = span.enter();
         options.validate()?;
         let wanted = self.output_stems(options)?;
         let input = self.conform(pcm)?;

@@ -49,12 +49,14 @@ impl SeparateStage {
             self.models_dir.clone(),
             self.runtime.clone(),
         );
-        let separator = tokio::task::spawn_blocking(move || Separator::load(&name, &dir, &runtime))
-            .await
-            .map_err(|e| {
-                StageError::new(ErrorCode::Internal, format!("model loading thread: {e}"))
-            })?
-            .map_err(|e| StageError::from(pipeline::CodedError::from(e)))?;
+        let span = tracing::Span::current();
+        let separator = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            Separator::load(&name, &dir, &runtime)
+        })
+        .await
+        .map_err(|e| StageError::new(ErrorCode::Internal, format!("model loading thread: {e}")))?
+        .map_err(|e| StageError::from(pipeline::CodedError::from(e)))?;
         let separator = Arc::new(separator);
         let mut loaded = self
             .loaded
@@ -121,8 +123,12 @@ impl StageHandler for SeparateStage {
         };
         let out_dir = scratch.path().to_path_buf();
         let worker = separator.clone();
+        // The model runs on a blocking thread: carry the stage's span there, so its spans
+        // stay in the job's trace.
+        let span = tracing::Span::current();
         let written =
             tokio::task::spawn_blocking(move || -> Result<Vec<(String, PathBuf)>, StageError> {
+                let _entered = span.enter();
                 let mut listener = listener;
                 let file = std::fs::File::open(&mix_path).map_err(|e| io_error("mix", e))?;
                 let mix = pipeline::audio::read_wav_f32(BufReader::new(file)).map_err(|e| {
