@@ -1,1 +1,76 @@
-//! ingest (not built yet)
+//! The MSaaS HTTP API (DESIGN.md "The contract users see"): uploads streamed into storage,
+//! job status, server-sent events, stem downloads, API-key auth per tenant, the routes of
+//! the service MSaaS replaces (`/apiv1/...`), and the OpenAPI document. Works on any
+//! [`pipeline::Backends`]: embedded, or Redis + S3 + NATS.
+
+mod api;
+mod auth;
+mod body;
+mod error;
+mod events;
+mod legacy;
+mod openapi;
+mod options;
+mod sniff;
+mod state;
+mod upload;
+mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{ANONYMOUS_TENANT, KeyDirectory, key_hash};
+pub use error::{ApiError, IngestError, status_for};
+pub use openapi::openapi;
+pub use options::UPLOAD_PARAMETERS;
+pub use sniff::sniff;
+pub use state::{IngestState, ModelInfo};
+
+/// Every route the API serves, as (method, OpenAPI path template).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+    ("DELETE", "/v1/jobs/{id}"),
+    ("GET", "/v1/jobs/{id}/stems/{stem}"),
+    ("GET", "/v1/jobs/{id}/events"),
+    ("GET", "/v1/models"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("POST", "/apiv1/separate"),
+    ("GET", "/apiv1/queue"),
+    ("GET", "/apiv1/track/{hash}/{track}"),
+    ("GET", "/apiv1/remove/{hash}/{track}"),
+    ("DELETE", "/apiv1/remove/{hash}/{track}"),
+];
+
+/// The routes as a warp filter (for embedding in another server, or `warp::test`).
+pub fn routes(state: IngestState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    api::routes(state)
+}
+
+/// Listens on `addr` (port 0: any free port) and returns the bound address with the future
+/// that serves until `shutdown` is cancelled. Shutdown is graceful: no new connections,
+/// requests in flight finish, event streams end.
+pub async fn bind(
+    state: IngestState,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = ()> + Send), IngestError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| IngestError::Bind { addr, source })?;
+    state.stop_streams_on(shutdown.clone());
+    let server = warp::serve(api::routes(state))
+        .incoming(listener)
+        .graceful(shutdown.cancelled_owned());
+    tracing::info!(addr = %local, "ingest listening");
+    Ok((local, server.run()))
+}

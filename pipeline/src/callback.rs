@@ -145,8 +145,7 @@ impl TransitionHook for CallbackHook {
                 .secret
                 .as_deref()
                 .map(|secret| signature(secret, &body)),
-            // Set once observe::trace::current_traceparent lands.
-            traceparent: None,
+            traceparent: observe::trace::current_traceparent(),
             body: body.into(),
         };
         let hook = self.clone();

@@ -1,0 +1,183 @@
+//! API errors: a stable [`ErrorCode`], a human message and the HTTP status the code maps to.
+//!
+//! Status mapping (one code, one status, everywhere):
+//!
+//! | code | status |
+//! |---|---|
+//! | `unauthorized` | 401 (with `WWW-Authenticate: Bearer`) |
+//! | `not_found` (unknown job, another tenant's job, malformed job id, unknown route) | 404 |
+//! | `method_not_allowed` is not a code: a known path with another method is 405 `bad_request` | 405 |
+//! | `conflict` (stems of a job that is not done, concurrent change) | 409 |
+//! | `payload_too_large` (upload over `limits.max_input_bytes`) | 413 |
+//! | `unsupported_media_type` (body is not audio, wrong `Content-Type`) | 415 |
+//! | `bad_request`, `empty_input` (malformed request, unknown parameter, bad JSON / base64, bad stem name) | 400 |
+//! | `invalid_option` (unknown model / stem / format, invalid option values) | 422 |
+//! | `storage_unavailable`, `queue_unavailable`, `events_unavailable` | 503 |
+//! | anything else (`io`, `internal`) | 500 |
+
+use pipeline::{CodedError, ErrorCode};
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+/// Why [`crate::IngestState::new`] or [`crate::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    #[error("cannot read the API keys file {path}: {source}")]
+    KeysFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("API keys file {path}, line {line}: {reason}")]
+    KeysFileLine {
+        path: std::path::PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "no way to authenticate callers: set auth.keys_file, auth.redis_keys (with a key directory) or auth.anonymous"
+    )]
+    NoAuth,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// An error answered to a client: `{"error":{"code":"…","message":"…"}}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The HTTP status of an error code (see the module docs).
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::PayloadTooLarge | ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType | ErrorCode::UnsupportedFormat => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
+        ErrorCode::BadRequest | ErrorCode::EmptyInput => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidOption | ErrorCode::UnknownModel | ErrorCode::UnknownStem => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ErrorCode::StorageUnavailable
+        | ErrorCode::QueueUnavailable
+        | ErrorCode::EventsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: status_for(code),
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn invalid_option(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidOption, message)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = warp::reply::with_status(warp::reply::json(&self.body()), self.status)
+            .into_response_inner();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"msaas\""),
+            );
+        }
+        response
+    }
+}
+
+/// `Reply::into_response` without importing the trait at every call site.
+trait IntoResponseInner {
+    fn into_response_inner(self) -> Response;
+}
+
+impl<T: warp::Reply> IntoResponseInner for T {
+    fn into_response_inner(self) -> Response {
+        self.into_response()
+    }
+}
+
+impl From<CodedError> for ApiError {
+    fn from(err: CodedError) -> Self {
+        // The pipeline's `too_large` is the upload limit: the API calls that 413
+        // `payload_too_large`; unknown model / stem are option errors to an API client.
+        let code = match err.code {
+            ErrorCode::TooLarge => ErrorCode::PayloadTooLarge,
+            ErrorCode::UnknownModel | ErrorCode::UnknownStem => ErrorCode::InvalidOption,
+            code => code,
+        };
+        Self::new(code, err.message)
+    }
+}
+
+impl From<pipeline::BackendError> for ApiError {
+    fn from(err: pipeline::BackendError) -> Self {
+        let code = err.code();
+        if status_for(code).is_server_error() {
+            tracing::warn!(%err, "backend error answered to a client");
+        }
+        Self::new(code, err.to_string())
+    }
+}
+
+/// Turns warp's rejections (no route, wrong method, bad query string, …) into JSON errors.
+pub(crate) async fn recover(
+    rejection: warp::Rejection,
+) -> Result<Response, std::convert::Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found("no such route")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::bad_request("method not allowed on this route")
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::bad_request("malformed query string")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::new(ErrorCode::UnsupportedMediaType, "unsupported content type")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::bad_request("Content-Length required").with_status(StatusCode::LENGTH_REQUIRED)
+    } else if let Some(missing) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::bad_request(format!("missing header {}", missing.name()))
+    } else if let Some(invalid) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(format!("invalid header {}", invalid.name()))
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        ApiError::bad_request(format!("bad request: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}

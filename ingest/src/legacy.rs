@@ -1,0 +1,251 @@
+//! The routes of the service MSaaS replaces, kept for its clients:
+//! - `POST /apiv1/separate` — JSON `{"mp3": "<base64 audio>", "model": "<name>"?, "callback": "<url>"?}`
+//!   → `200 {"hash": "<job id>", "status": "<state>", "reason": "…"}` (`hash` is the job id);
+//! - `GET /apiv1/queue` — `{"queue": [ids of unfinished jobs], "jobs": [{"hash", "status", "model", "tracks"}]}`;
+//! - `GET /apiv1/track/{hash}/{track}` — the stem file (`track` = stem name, with or without extension);
+//! - `GET|DELETE /apiv1/remove/{hash}/{track}` — deletes one stem, or the whole job for `all`.
+//!
+//! Same authentication, same JSON errors, same tenant isolation as `/v1`.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::api::{
+    count_upload, json_response, remove_job, respond, serve_stem, tenant, upload_span,
+};
+use crate::body::{byte_stream, collect_limited};
+use crate::error::ApiError;
+use crate::options::{OptionInput, valid_stem_name};
+use crate::state::IngestState;
+use crate::upload::{self, clean_source_name};
+use tracing::Instrument;
+
+#[derive(Debug, Deserialize)]
+struct SeparateRequest {
+    mp3: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    callback: Option<String>,
+    /// Name of the song (optional; some clients sent it).
+    #[serde(default)]
+    name: Option<String>,
+}
+
+pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let authorization = warp::header::optional::<String>("authorization");
+    let separate = warp::path!("apiv1" / "separate")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |state, auth, headers: warp::http::HeaderMap, body| async move {
+                let span = upload_span(&headers, "/apiv1/separate");
+                let result = separate(state, auth, headers, byte_stream(body))
+                    .instrument(span)
+                    .await;
+                count_upload(&result);
+                respond(result)
+            },
+        );
+    let queue = warp::path!("apiv1" / "queue")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(|state, auth| async move { respond(queue(state, auth).await) });
+    let track = warp::path!("apiv1" / "track" / String / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(warp::header::optional::<String>("range"))
+        .then(|hash, track, state, auth, range| async move {
+            respond(track_file(state, auth, hash, track, range).await)
+        });
+    let remove =
+        warp::path!("apiv1" / "remove" / String / String)
+            .and(warp::get().or(warp::delete()).unify())
+            .and(with_state)
+            .and(authorization)
+            .then(|hash, track, state, auth| async move {
+                respond(remove(state, auth, hash, track).await)
+            });
+    separate
+        .or(queue)
+        .unify()
+        .or(track)
+        .unify()
+        .or(remove)
+        .unify()
+        .boxed()
+}
+
+async fn separate(
+    state: IngestState,
+    authorization: Option<String>,
+    headers: warp::http::HeaderMap,
+    body: pipeline::traits::ByteStream,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&state, authorization).await?;
+    // Base64 is 4/3 of the audio, plus the JSON around it.
+    let limit = state.inner.max_input_bytes.saturating_mul(4) / 3 + 64 * 1024;
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(upload::too_large(state.inner.max_input_bytes));
+    }
+    let body = collect_limited(body, limit)
+        .await
+        .map_err(|err| ApiError::bad_request(format!("the request could not be read: {err}")))?
+        .ok_or_else(|| upload::too_large(state.inner.max_input_bytes))?;
+    let request: SeparateRequest = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::bad_request(format!("the body is not the expected JSON: {err}"))
+    })?;
+    let encoded = request
+        .mp3
+        .ok_or_else(|| ApiError::bad_request("the JSON has no \"mp3\" field (base64 audio)"))?;
+    let audio = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|err| ApiError::bad_request(format!("\"mp3\" is not valid base64: {err}")))?;
+    let mut input = OptionInput::default();
+    if let Some(model) = request.model {
+        input.add("model", model)?;
+    }
+    if let Some(callback) = request.callback {
+        input.add("callback_url", callback)?;
+    }
+    let options = input.build(&state)?;
+    let idempotency = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    if let Some(accepted) = upload::replay(&state, &tenant, idempotency.as_deref()).await? {
+        return Ok(separate_response(&accepted.job));
+    }
+    if audio.len() as u64 > state.inner.max_input_bytes {
+        return Err(upload::too_large(state.inner.max_input_bytes));
+    }
+    let name = clean_source_name(request.name.as_deref().or(Some("song.mp3")));
+    let stream = futures::StreamExt::boxed(futures::stream::iter([Ok(bytes::Bytes::from(audio))]));
+    let stored = upload::store(&state, &tenant, options, name, stream).await?;
+    let accepted = upload::commit(
+        &state,
+        stored,
+        idempotency.as_deref(),
+        observe::trace::current_traceparent(),
+    )
+    .await?;
+    Ok(separate_response(&accepted.job))
+}
+
+fn separate_response(job: &pipeline::Job) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "hash": job.id,
+            "status": job.state,
+            "model": job.options.model,
+            "reason": "Song enqueued for separation",
+        }),
+    )
+}
+
+async fn queue(state: IngestState, authorization: Option<String>) -> Result<Response, ApiError> {
+    let tenant = tenant(&state, authorization).await?;
+    let jobs = state.backends().jobs.list(&tenant, 1000).await?;
+    let waiting: Vec<&pipeline::JobId> = jobs
+        .iter()
+        .filter(|job| !job.state.is_terminal())
+        .map(|job| &job.id)
+        .collect();
+    let all: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|job| {
+            json!({
+                "hash": job.id,
+                "status": job.state,
+                "model": job.options.model,
+                "tracks": job.results.keys().collect::<Vec<_>>(),
+                "error": job.error,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"queue": waiting, "jobs": all}),
+    ))
+}
+
+/// `vocals` from `vocals` or `vocals.mp3`.
+fn track_stem(track: &str) -> Result<&str, ApiError> {
+    let stem = track.split_once('.').map_or(track, |(stem, _)| stem);
+    if valid_stem_name(stem) {
+        Ok(stem)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid track name {track:?}"
+        )))
+    }
+}
+
+async fn track_file(
+    state: IngestState,
+    authorization: Option<String>,
+    hash: String,
+    track: String,
+    range: Option<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&state, authorization).await?;
+    let stem = track_stem(&track)?;
+    let job = state.job_of(&tenant, &hash).await?;
+    serve_stem(&state, &job, stem, range.as_deref()).await
+}
+
+async fn remove(
+    state: IngestState,
+    authorization: Option<String>,
+    hash: String,
+    track: String,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&state, authorization).await?;
+    let stem = track_stem(&track)?;
+    let job = state.job_of(&tenant, &hash).await?;
+    if stem == "all" {
+        remove_job(&state, &job).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"hash": job.id, "removed": "all"}),
+        ));
+    }
+    let Some(key) = job.results.get(stem).cloned() else {
+        return Err(ApiError::not_found(format!(
+            "job {} has no track {stem:?}",
+            job.id
+        )));
+    };
+    let backends = state.backends();
+    let mut next = job.clone();
+    next.results.remove(stem);
+    next.updated_ms = pipeline::job::now_ms();
+    backends
+        .jobs
+        .compare_and_set(job.state, job.attempt, &next)
+        .await?;
+    backends.store.delete(&key).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"hash": job.id, "removed": stem}),
+    ))
+}
