@@ -544,14 +544,12 @@ async fn the_queue_recovers_when_redis_restarts() {
     let sent = message();
     let delivery = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if queue.enqueue(Stage::Decode, sent.clone()).await.is_ok() {
-                match queue
+            if queue.enqueue(Stage::Decode, sent.clone()).await.is_ok()
+                && let Ok(Some(delivery)) = queue
                     .claim(Stage::Decode, "a", Duration::from_millis(200))
                     .await
-                {
-                    Ok(Some(delivery)) => return delivery,
-                    Ok(None) | Err(_) => {}
-                }
+            {
+                return delivery;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
