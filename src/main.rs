@@ -1,8 +1,11 @@
 //! `msaas`: the one binary. This file only parses the command line and wires the crates.
 
+mod client;
 mod models;
 mod progress;
+mod roles;
 mod run;
+mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +33,18 @@ enum Command {
     Run(run::RunArgs),
     /// List the installed models and their stems.
     Models,
+    /// The whole service in one process: HTTP API, a worker per stage, janitor.
+    Serve(roles::ServeArgs),
+    /// The HTTP API only (plus the janitor), for one role per pod.
+    Ingest(roles::IngestArgs),
+    /// One stage's worker (decode, separate or encode), for one role per pod.
+    Worker(roles::WorkerArgs),
+    /// Upload a file to a running service; prints the job id.
+    Submit(client::SubmitArgs),
+    /// Show a job's state.
+    Status(client::StatusArgs),
+    /// Download a finished job's stems.
+    Fetch(client::FetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +63,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(cli.config.as_deref(), args).await,
             Command::Models => models::list(cli.config.as_deref()),
+            Command::Serve(args) => roles::serve(cli.config.as_deref(), args).await,
+            Command::Ingest(args) => roles::ingest(cli.config.as_deref(), args).await,
+            Command::Worker(args) => roles::worker(cli.config.as_deref(), args).await,
+            Command::Submit(args) => client::submit(args).await,
+            Command::Status(args) => client::status(args).await,
+            Command::Fetch(args) => client::fetch(args).await,
         }
     });
     match outcome {

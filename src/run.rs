@@ -255,7 +255,7 @@ async fn collect_finished<'a>(
     Ok(())
 }
 
-fn runtime_options(config: &Config) -> separate::RuntimeOptions {
+pub(crate) fn runtime_options(config: &Config) -> separate::RuntimeOptions {
     separate::RuntimeOptions {
         device: match config.models.device {
             pipeline::config::Device::Cpu => separate::Device::Cpu,
@@ -266,7 +266,7 @@ fn runtime_options(config: &Config) -> separate::RuntimeOptions {
     }
 }
 
-fn decode_limits(limits: &LimitsConfig) -> decode::Limits {
+pub(crate) fn decode_limits(limits: &LimitsConfig) -> decode::Limits {
     decode::Limits {
         max_input_bytes: limits.max_input_bytes,
         max_duration_secs: limits.max_duration_secs,

@@ -1,6 +1,7 @@
 //! The embedded backends: everything in one process, no servers. The distributed backends
 //! implement the same traits elsewhere.
 
+mod connect;
 mod local_dir;
 mod local_events;
 mod memory_jobs;

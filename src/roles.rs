@@ -1,0 +1,251 @@
+//! The service roles: `msaas serve` (API + every stage + janitor in one process), `msaas ingest`
+//! (API + janitor) and `msaas worker <stage>` (one stage, with a small metrics listener).
+//! Each stops on SIGTERM / Ctrl-C: workers stop claiming and finish or release the message in
+//! hand, the API stops accepting and drains, then the process exits 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use pipeline::config::Config;
+use pipeline::{Backends, Stage, StageHandler, Worker};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::run::{decode_limits, runtime_options};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// In-memory queue and records, local-directory store, in-process events: no servers.
+    #[arg(long)]
+    embedded: bool,
+    /// Address of the HTTP API (overrides `server.listen`; port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<String>,
+    /// Workers per stage in this process.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Address of the HTTP API (overrides `server.listen`; port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<String>,
+    /// Do not run the janitor (retention + stale-job sweep) in this process.
+    #[arg(long)]
+    no_janitor: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The stage this process runs: decode, separate or encode.
+    #[arg(value_name = "STAGE")]
+    stage: Stage,
+    /// Messages of the stage worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    concurrency: usize,
+    /// Also run the janitor (retention + stale-job sweep) in this process.
+    #[arg(long)]
+    janitor: bool,
+}
+
+/// Cancelled on the first SIGTERM or Ctrl-C; a second one ends the process at once.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut signals = 0u32;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                result = tokio::signal::ctrl_c() => {
+                    if result.is_err() {
+                        // No Ctrl-C handler possible: SIGTERM still works.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            signals += 1;
+            if signals == 1 {
+                tracing::info!("shutting down: finishing or releasing the work in hand");
+                cancel.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(token)
+}
+
+fn load_config(config_path: Option<&Path>) -> anyhow::Result<Config> {
+    let config = Config::load(config_path)?;
+    config.validate()?;
+    observe::init_logging(observe::LogFormat::Auto, "info")?;
+    Ok(config)
+}
+
+/// The backends of a role, with the transition hooks every role installs.
+async fn backends(config: &Config, embedded: bool) -> anyhow::Result<Backends> {
+    let backends = if embedded {
+        Backends::embedded_from_config(config)?
+    } else {
+        Backends::connect(config).await?
+    };
+    Ok(crate::services::install_hooks(backends, config))
+}
+
+/// The stage code `msaas run` uses, for one stage.
+fn handler(config: &Config, stage: Stage) -> Arc<dyn StageHandler> {
+    match stage {
+        Stage::Decode => Arc::new(decode::DecodeStage::new(decode_limits(&config.limits))),
+        Stage::Separate => Arc::new(separate::SeparateStage::new(
+            config.models_dir(),
+            runtime_options(config),
+        )),
+        Stage::Encode => Arc::new(encode::EncodeStage::new()),
+    }
+}
+
+fn spawn_workers(
+    tasks: &mut JoinSet<()>,
+    backends: &Backends,
+    config: &Config,
+    stage: Stage,
+    count: usize,
+    shutdown: &CancellationToken,
+) {
+    let handler = handler(config, stage);
+    let base = pipeline::config::default_consumer_name();
+    for n in 0..count.max(1) {
+        let worker = Worker::new(
+            backends.clone(),
+            handler.clone(),
+            config.worker.settings(format!("{base}-{stage}-{n}")),
+        );
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { worker.run(shutdown).await });
+    }
+}
+
+fn listen_address(config: &Config, flag: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let text = flag.unwrap_or(&config.server.listen);
+    text.parse()
+        .with_context(|| format!("server.listen: {text:?} is not an ip:port address"))
+}
+
+pub async fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let addr = listen_address(&config, args.listen.as_deref())?;
+    let shutdown = shutdown_on_signals()?;
+    let backends = backends(&config, args.embedded).await?;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    for stage in Stage::ALL {
+        spawn_workers(
+            &mut tasks,
+            &backends,
+            &config,
+            stage,
+            args.workers,
+            &shutdown,
+        );
+    }
+    crate::services::spawn_janitor(&mut tasks, &backends, &config, &shutdown);
+    crate::services::spawn_queue_poller(&backends, &config, &shutdown);
+    let served = crate::services::start_api(&backends, &config, addr, &shutdown).await?;
+    tasks.spawn(served);
+    stopped(tasks).await
+}
+
+pub async fn ingest(config_path: Option<&Path>, args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let addr = listen_address(&config, args.listen.as_deref())?;
+    let shutdown = shutdown_on_signals()?;
+    let backends = backends(&config, false).await?;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    if !args.no_janitor {
+        crate::services::spawn_janitor(&mut tasks, &backends, &config, &shutdown);
+    }
+    crate::services::spawn_queue_poller(&backends, &config, &shutdown);
+    let served = crate::services::start_api(&backends, &config, addr, &shutdown).await?;
+    tasks.spawn(served);
+    stopped(tasks).await
+}
+
+pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let shutdown = shutdown_on_signals()?;
+    let backends = backends(&config, false).await?;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    spawn_workers(
+        &mut tasks,
+        &backends,
+        &config,
+        args.stage,
+        args.concurrency,
+        &shutdown,
+    );
+    if args.janitor {
+        crate::services::spawn_janitor(&mut tasks, &backends, &config, &shutdown);
+    }
+    if !config.observe.metrics_listen.is_empty() {
+        let addr: SocketAddr = config.observe.metrics_listen.parse().with_context(|| {
+            format!(
+                "observe.metrics_listen: {:?} is not an ip:port address",
+                config.observe.metrics_listen
+            )
+        })?;
+        let ready = readiness(&backends, args.stage, &shutdown);
+        let bound = crate::services::serve_metrics(addr, ready, &shutdown).await?;
+        // Scripts and tests read the port from here when it was 0.
+        println!("metrics http://{bound}");
+    }
+    stopped(tasks).await
+}
+
+/// `/readyz` of a worker: its queue answered within the last few seconds.
+fn readiness(
+    backends: &Backends,
+    stage: Stage,
+    shutdown: &CancellationToken,
+) -> Arc<dyn Fn() -> bool + Send + Sync> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let queue = backends.queue.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            let reachable = matches!(
+                tokio::time::timeout(Duration::from_secs(2), queue.depth(stage)).await,
+                Ok(Ok(_))
+            );
+            flag.store(reachable, Ordering::Relaxed);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+        }
+        flag.store(false, Ordering::Relaxed);
+    });
+    Arc::new(move || ready.load(Ordering::Relaxed))
+}
+
+/// Waits for every task of the role, then flushes span export.
+async fn stopped(mut tasks: JoinSet<()>) -> anyhow::Result<ExitCode> {
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(%err, "a task of this process failed");
+        }
+    }
+    tracing::info!("stopped");
+    observe::shutdown_tracing();
+    Ok(ExitCode::SUCCESS)
+}
