@@ -144,9 +144,17 @@ async fn follow(
                 Some(event) => match event.job {
                     Some(job) if is_newer(seen, &job) => {
                         seen = (job.updated_ms, job.state);
-                        let done = job.state.is_terminal();
                         let outgoing = transition(event.kind.as_str(), &job, event.stage, event.at_ms);
-                        if sender.send(outgoing).await.is_err() || done {
+                        if sender.send(outgoing).await.is_err() {
+                            return;
+                        }
+                        if job.state.is_terminal() {
+                            // The last stage's `stage_finished` already carries the final
+                            // record, so the bus's own `done` would look old: end with it now.
+                            let (terminal, _) = polled_kind(&job);
+                            if terminal != event.kind.as_str() {
+                                let _ = sender.send(transition(terminal, &job, None, event.at_ms)).await;
+                            }
                             return;
                         }
                         continue;

@@ -271,3 +271,49 @@ pub async fn upload(server: &Server, query: &str, body: Vec<u8>) -> (u16, serde_
 pub fn code(body: &serde_json::Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
+
+/// Reads a server-sent event stream to its end (bounded): (event name, data JSON) pairs,
+/// comments skipped. `on_first` runs once the first event has arrived.
+pub async fn read_events<F, Fut>(
+    response: reqwest::Response,
+    on_first: F,
+) -> Vec<(String, serde_json::Value)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    let mut on_first = Some(on_first);
+    let mut events = Vec::new();
+    let mut text = String::new();
+    let mut body = response.bytes_stream();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(
+                &chunk.expect("event stream chunk"),
+            ));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let mut name = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        name = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if let Some(name) = name {
+                    let data = serde_json::from_str(&data).expect("event data is JSON");
+                    events.push((name, data));
+                    if let Some(first) = on_first.take() {
+                        first().await;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the event stream did not end; got {events:?}");
+    events
+}
