@@ -307,6 +307,37 @@ async fn aliases_bind_once_and_go_with_the_record() {
 }
 
 #[tokio::test]
+async fn an_alias_bound_before_its_record_holds_and_then_lives_with_it() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    // Ingest binds an Idempotency-Key first and creates the job after: a concurrent request
+    // with the same key must lose to the binding even though no record exists yet.
+    let first = job("acme");
+    let second = job("acme");
+    let alias = "idem:acme:pending";
+    assert_eq!(store.bind_alias(alias, &first.id).await.unwrap(), first.id);
+    assert_eq!(store.bind_alias(alias, &second.id).await.unwrap(), first.id);
+    assert_eq!(store.resolve_alias(alias).await.unwrap(), None);
+    let mut raw = ns.raw();
+    let ttl = |raw: &mut redis::Connection| -> i64 {
+        redis::cmd("TTL")
+            .arg(ns.key(&format!("alias:{alias}")))
+            .query(raw)
+            .unwrap()
+    };
+    // Until the record exists the binding expires by itself (a crashed submission frees it).
+    let pending = ttl(&mut raw);
+    assert!(pending > 0 && pending <= 300, "ttl {pending}");
+
+    store.create(&first).await.unwrap();
+    assert_eq!(ttl(&mut raw), -1);
+    assert_eq!(
+        store.resolve_alias(alias).await.unwrap(),
+        Some(first.id.clone())
+    );
+}
+
+#[tokio::test]
 async fn a_finished_jobs_aliases_expire_with_it() {
     let ns = TestNamespace::new();
     let store = ns.store(RETENTION).await;

@@ -22,6 +22,10 @@ static DELETE: LazyLock<Script> =
 static BIND_ALIAS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/bind_alias.lua")));
 
+/// How long an alias bound before its record exists stays bound unless the record is
+/// created: long enough for any submission, short enough that a crashed one frees its
+/// Idempotency-Key soon.
+const PENDING_ALIAS_TTL: Duration = Duration::from_secs(300);
 /// Records read per round trip when listing.
 const PAGE: usize = 100;
 /// The safety-net expiry of a finished record outlives the retention by this much, so the
@@ -100,10 +104,6 @@ impl RedisJobStore {
 
     fn api_keys_key(&self) -> String {
         format!("{}:apikeys", self.namespace)
-    }
-
-    fn job_key_prefix(&self) -> String {
-        format!("{}:job:", self.namespace)
     }
 
     fn job_key(&self, id: &str) -> String {
@@ -192,6 +192,7 @@ impl JobStore for RedisJobStore {
             .key(self.stale_key())
             .key(self.expired_key())
             .key(self.sequence_key())
+            .key(self.aliases_key(id))
             .arg(id)
             .arg(Self::encode(job)?)
             .arg(job.state.as_str())
@@ -200,7 +201,8 @@ impl JobStore for RedisJobStore {
             .arg(job.created_ms)
             .arg(job.updated_ms)
             .arg(flag(job.state.is_terminal()))
-            .arg(self.expiry_secs());
+            .arg(self.expiry_secs())
+            .arg(self.alias_key_prefix());
         let created: i64 = invocation
             .invoke_async(&mut conn)
             .await
@@ -362,8 +364,8 @@ impl JobStore for RedisJobStore {
             .key(self.aliases_key(id.as_str()))
             .key(self.job_key(id.as_str()))
             .arg(id.as_str())
-            .arg(self.job_key_prefix())
-            .arg(alias);
+            .arg(alias)
+            .arg(PENDING_ALIAS_TTL.as_secs());
         let bound: String = invocation
             .invoke_async(&mut conn)
             .await
