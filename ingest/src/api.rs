@@ -124,26 +124,36 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .then(
             |id, state, auth, query| async move { respond(get_job(state, auth, id, query).await) },
         );
-    let delete = warp::path!("v1" / "jobs" / String)
-        .and(warp::delete())
-        .and(with_state(state.clone()))
-        .and(authorization())
-        .then(|id, state, auth| async move { respond(delete_job(state, auth, id).await) });
+    let delete =
+        warp::path!("v1" / "jobs" / String)
+            .and(warp::delete())
+            .and(with_state(state.clone()))
+            .and(authorization())
+            .and(query_pairs())
+            .then(|id, state, auth, query| async move {
+                respond(delete_job(state, auth, id, query).await)
+            });
     let stem = warp::path!("v1" / "jobs" / String / "stems" / String)
         .and(warp::get())
         .and(with_state(state.clone()))
         .and(authorization())
         .and(warp::header::optional::<String>("range"))
-        .then(|id, stem: String, state, auth, range| async move {
-            respond(download_stem(state, auth, id, stem, range).await)
+        .and(query_pairs())
+        .then(|id, stem: String, state, auth, range, query| async move {
+            respond(download_stem(state, auth, id, stem, range, query).await)
         });
     let events = warp::path!("v1" / "jobs" / String / "events")
         .and(warp::get())
         .and(with_state(state.clone()))
         .and(authorization())
-        .then(
-            |id, state, auth| async move { respond(crate::events::events(state, auth, id).await) },
-        );
+        .and(query_pairs())
+        .then(|id, state, auth, query: Vec<(String, String)>| async move {
+            let result = match only_parameters(&query, &[]) {
+                Ok(()) => crate::events::events(state, auth, id).await,
+                Err(err) => Err(err),
+            };
+            respond(result)
+        });
     let models = warp::path!("v1" / "models")
         .and(warp::get())
         .and(with_state(state.clone()))
@@ -471,8 +481,10 @@ async fn delete_job(
     state: IngestState,
     authorization: Option<String>,
     id: String,
+    query: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
+    only_parameters(&query, &[])?;
     let job = state.job_of(&tenant, &id).await?;
     remove_job(&state, &job).await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
@@ -498,8 +510,10 @@ async fn download_stem(
     id: String,
     stem: String,
     range: Option<String>,
+    query: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
+    only_parameters(&query, &[])?;
     if !valid_stem_name(&stem) {
         return Err(ApiError::bad_request(format!(
             "invalid stem name {stem:?} (lower-case letters, digits and _)"

@@ -191,4 +191,30 @@ mod tests {
             Err(IngestError::NoAuth)
         ));
     }
+
+    /// Knows one key; fails for another (a directory that is down).
+    struct Directory;
+
+    #[async_trait]
+    impl KeyDirectory for Directory {
+        async fn tenant_of(&self, key_sha256_hex: &str) -> Result<Option<String>, BackendError> {
+            if key_sha256_hex == key_hash("dir-key") {
+                Ok(Some("gamma".into()))
+            } else if key_sha256_hex == key_hash("boom") {
+                Err(BackendError::Queue("down".into()))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn key_directory_is_asked_by_hash() {
+        let auth = Auth::new(None, Some(Arc::new(Directory)), false).unwrap();
+        assert_eq!(auth.tenant(Some("Bearer dir-key")).await.unwrap(), "gamma");
+        let unknown = auth.tenant(Some("Bearer other")).await.unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::Unauthorized);
+        let down = auth.tenant(Some("Bearer boom")).await.unwrap_err();
+        assert_eq!(down.status, warp::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -2,20 +2,23 @@
 //!
 //! Status mapping (one code, one status, everywhere):
 //!
-//! | code | status |
+//! | status | codes |
 //! |---|---|
-//! | `unauthorized` | 401 (with `WWW-Authenticate: Bearer`) |
-//! | `not_found` (unknown job, another tenant's job, malformed job id, unknown route) | 404 |
-//! | `method_not_allowed` is not a code: a known path with another method is 405 `bad_request` | 405 |
-//! | `conflict` (stems of a job that is not done, concurrent change) | 409 |
-//! | `payload_too_large` (upload over `limits.max_input_bytes`) | 413 |
-//! | `unsupported_media_type` (body is not audio, wrong `Content-Type`) | 415 |
-//! | `bad_request`, `empty_input` (malformed request, unknown parameter, bad JSON / base64, bad stem name) | 400 |
-//! | `invalid_option` (unknown model / stem / format, invalid option values) | 422 |
-//! | `storage_unavailable`, `queue_unavailable`, `events_unavailable` | 503 |
-//! | anything else (`io`, `internal`) | 500 |
+//! | 400 | `bad_request` (malformed request, unknown or repeated parameter, bad JSON / base64, bad stem name), `empty_input` |
+//! | 401 | `unauthorized` (with `WWW-Authenticate: Bearer`) |
+//! | 404 | `not_found` (unknown job, another tenant's job, malformed job id, unknown route) |
+//! | 405 | `bad_request` (a known path with another method) |
+//! | 409 | `conflict` (stems of a job that is not done, concurrent change) |
+//! | 413 | `payload_too_large` (upload over `limits.max_input_bytes`; the pipeline's `too_large`) |
+//! | 415 | `unsupported_media_type` (the body is not audio, or a non-audio `Content-Type`) |
+//! | 416 | `bad_request` (unsatisfiable `Range`) |
+//! | 422 | `invalid_option` (unknown model / stem / format, inconsistent options) |
+//! | 431 | hyper's own answer to a request head over its buffer (no JSON body) |
+//! | 503 | `storage_unavailable`, `queue_unavailable`, `events_unavailable` |
+//! | 500 | anything else (`io`, `internal`) |
 
 use pipeline::{CodedError, ErrorCode};
+use warp::Reply;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -105,8 +108,8 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let mut response = warp::reply::with_status(warp::reply::json(&self.body()), self.status)
-            .into_response_inner();
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&self.body()), self.status).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -114,17 +117,6 @@ impl ApiError {
             );
         }
         response
-    }
-}
-
-/// `Reply::into_response` without importing the trait at every call site.
-trait IntoResponseInner {
-    fn into_response_inner(self) -> Response;
-}
-
-impl<T: warp::Reply> IntoResponseInner for T {
-    fn into_response_inner(self) -> Response {
-        self.into_response()
     }
 }
 

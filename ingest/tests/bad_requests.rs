@@ -268,6 +268,14 @@ async fn every_bad_request_is_refused_with_its_code_and_queues_nothing() {
             code: "bad_request",
         },
         Case {
+            name: "unknown stem parameter",
+            request: client
+                .get(server.url(&format!("/v1/jobs/{random_id}/stems/vocals?as=zip")))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
             name: "unknown get parameter",
             request: client
                 .get(server.url(&format!("/v1/jobs/{random_id}?x=1")))
