@@ -815,12 +815,14 @@ pub async fn store_source(
 }
 
 /// The second half of [`submit`]: creates the record (state `queued`), publishes `queued`
-/// and enqueues decode. On a create failure the stored source is deleted.
+/// and enqueues decode. On a create failure the stored source is deleted. Without a
+/// `traceparent`, the current span's (if traced) starts the job's trace.
 pub async fn enqueue_new(
     backends: &Backends,
     mut job: Job,
     traceparent: Option<String>,
 ) -> Result<Job, CodedError> {
+    let traceparent = traceparent.or_else(observe::trace::current_traceparent);
     let key = keys::source(&job.id);
     job.state = JobState::Queued;
     job.attempt = 0;
@@ -872,7 +874,14 @@ pub async fn submit_file(
     let body = tokio_util::io::ReaderStream::new(file)
         .map(|chunk| chunk.map_err(BackendError::from))
         .boxed();
-    submit(backends, job, body, limit, None).await
+    submit(
+        backends,
+        job,
+        body,
+        limit,
+        observe::trace::current_traceparent(),
+    )
+    .await
 }
 
 /// The record of `id`, or `not_found`.
