@@ -254,5 +254,32 @@ async fn models_health_and_readiness() {
         let response = server.client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+    // Requests are counted by route template, never by raw path.
+    let (status, _) = upload(&server, "", wav_body(100)).await;
+    assert_eq!(status, 202);
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("msaas_http_requests_total")
+                && line.contains("route=\"/v1/models\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("msaas_uploads_accepted_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("/v1/jobs/"),
+        "a raw path leaked into labels"
+    );
     server.stop().await;
 }
