@@ -278,7 +278,9 @@ async fn models_health_and_readiness() {
         "{metrics}"
     );
     assert!(
-        !metrics.contains("/v1/jobs/"),
+        !metrics
+            .lines()
+            .any(|line| line.contains("route=\"/v1/jobs/") && !line.contains("route=\"/v1/jobs/{")),
         "a raw path leaked into labels"
     );
     server.stop().await;
