@@ -285,3 +285,54 @@ async fn models_health_and_readiness() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_from_two_tenants_stay_apart() {
+    let server = start().await;
+    let uploads = (0..20).map(|index| {
+        let key = if index % 2 == 0 { ACME_KEY } else { BETA_KEY };
+        let request = server
+            .client
+            .post(server.url("/v1/jobs"))
+            .header("authorization", bearer(key))
+            .body(wav_body(10_000 + index));
+        async move {
+            let response = request.send().await.expect("upload");
+            assert_eq!(response.status(), 202);
+            let job: serde_json::Value = response.json().await.expect("json");
+            (key, job["id"].as_str().expect("id").to_owned())
+        }
+    });
+    let created = futures::future::join_all(uploads).await;
+    assert_eq!(server.depth().await.waiting, 20);
+    for (key, tenant) in [(ACME_KEY, "acme"), (BETA_KEY, "beta")] {
+        let list: serde_json::Value = server
+            .client
+            .get(server.url("/v1/jobs?limit=100"))
+            .header("authorization", bearer(key))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut listed: Vec<&str> = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| {
+                assert_eq!(job["tenant"], tenant);
+                job["id"].as_str().unwrap()
+            })
+            .collect();
+        let mut expected: Vec<&str> = created
+            .iter()
+            .filter(|(owner, _)| *owner == key)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        listed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "{tenant}");
+    }
+    server.stop().await;
+}
