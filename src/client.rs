@@ -188,6 +188,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.file.display()))?
         .len();
 
+    // The server refuses bad options before reading the body, closing the connection while
+    // the upload is still being written, which surfaces as a broken pipe rather than its
+    // answer; an unknown model (the likeliest mistake) is caught here with the API's code.
+    if let Some(model) = &args.model {
+        check_model(&api, model).await?;
+    }
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(model) = &args.model {
         query.push(("model", model.clone()));
@@ -256,6 +262,36 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         print_job(&job, true)?;
     }
     Ok(exit_for(&job))
+}
+
+/// `unknown_model` unless `GET /v1/models` lists `model` (a manifest path is the server's
+/// business: passed through).
+async fn check_model(api: &Api, model: &str) -> anyhow::Result<()> {
+    if model.contains('/') {
+        return Ok(());
+    }
+    let models: Value = api
+        .send(api.request(reqwest::Method::GET, "/v1/models"))
+        .await?
+        .json()
+        .await
+        .context("the model list is not JSON")?;
+    let names: Vec<&str> = models
+        .get("models")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|m| m.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() || names.contains(&model) {
+        return Ok(());
+    }
+    bail!(
+        "unknown_model: the server has no model {model:?} (it has: {})",
+        names.join(", ")
+    )
 }
 
 fn print_job(job: &Value, json: bool) -> anyhow::Result<()> {
@@ -336,6 +372,8 @@ async fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
     loop {
         let job = api.job(id).await?;
         if is_terminal(str_field(&job, "state")) {
+            // The stream ended (or never opened) before its terminal event: the record says it.
+            eprintln!("{}", str_field(&job, "state"));
             return Ok(job);
         }
         match follow_stream(api, id).await {
@@ -380,9 +418,13 @@ async fn follow_stream(api: &Api, id: &str) -> anyhow::Result<Option<Value>> {
                 if !data.is_empty()
                     && let Some(job) = show_event(&event_name, &data)
                 {
-                    let terminal = is_terminal(str_field(&job, "state"));
+                    let state = str_field(&job, "state").to_owned();
                     last_job = Some(job);
-                    if terminal {
+                    if is_terminal(&state) {
+                        if event_name != state {
+                            // e.g. the last stage's `stage_finished` already shows `done`.
+                            eprintln!("{state}");
+                        }
                         return Ok(last_job);
                     }
                 }
