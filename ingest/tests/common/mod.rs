@@ -52,6 +52,8 @@ pub struct Options {
     /// Replaces the event bus (e.g. one that never delivers).
     pub events: Option<Arc<dyn pipeline::EventBus>>,
     pub hooks: Vec<Arc<dyn pipeline::TransitionHook>>,
+    /// Replaces the in-memory queue and job records (e.g. with Redis).
+    pub queue_and_jobs: Option<(Arc<dyn pipeline::StageQueue>, Arc<dyn pipeline::JobStore>)>,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             dedup: false,
             events: None,
             hooks: Vec::new(),
+            queue_and_jobs: None,
         }
     }
 }
@@ -74,6 +77,10 @@ pub async fn start_with(options: Options) -> Server {
     let store_dir = dir.path().join("store");
     let mut backends =
         Backends::embedded(&store_dir, Duration::from_secs(30)).expect("embedded backends");
+    if let Some((queue, jobs)) = options.queue_and_jobs {
+        backends.queue = queue;
+        backends.jobs = jobs;
+    }
     if let Some(events) = options.events {
         backends.events = events;
     }
