@@ -28,8 +28,20 @@ struct KillPoint {
     mid_stage: bool,
 }
 
+/// A worker process, once its `/readyz` answers 200 (its queue is reachable).
 fn spawn_worker(cluster: &Cluster, stage: Stage) -> Msaas {
-    cluster.spawn(&["worker", stage.as_str()])
+    let mut worker = cluster.spawn(&["worker", stage.as_str()]);
+    let metrics = worker.wait_for_line("metrics ", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while support::http_get_status(&format!("{metrics}/readyz")) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "{stage} worker never ready; log:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    worker
 }
 
 /// A job of ours whose record shows `stage` running and unfinished.
@@ -64,7 +76,8 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(21);
-    let cluster = Cluster::start(&[TENANT]);
+    let mut cluster = Cluster::start(&[TENANT]);
+    cluster.set("MSAAS_OBSERVE__METRICS_LISTEN", "127.0.0.1:0");
     let backends = cluster.backends().await;
     let audio = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
@@ -198,6 +211,17 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
                 "{key}: {frames} frames, expected about {source_frames}"
             );
         }
+    }
+
+    // The survivors shut down gracefully on SIGTERM, and served /readyz while they ran.
+    for (stage, worker) in &mut workers {
+        let status = worker.terminate(Duration::from_secs(30));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{stage} worker: {}",
+            worker.log_text()
+        );
     }
 
     let confirmed: Vec<&KillPoint> = kills.iter().filter(|k| k.mid_stage).collect();
