@@ -9,6 +9,11 @@
 //!   alone (see [`crate::worker`]), so a message sent to a job that is in fact fine is
 //!   skipped, and the sweep is always safe.
 //!
+//! A job in a stage's running state whose record has not moved for `sweep_after_secs` is
+//! taken for lost (its worker died and the queue lost the message with it) and goes back to
+//! waiting for that stage. The worker does not move the record while a stage runs, so
+//! `sweep_after_secs` must stay above the longest stage run, or a live run is redone.
+//!
 //! Several janitors (one per process) may run at once: every step is idempotent, and at worst
 //! a job gets a duplicate message, which its worker skips.
 

@@ -559,3 +559,29 @@ async fn the_queue_recovers_when_redis_restarts() {
     assert_eq!(delivery.message, sent);
     assert_eq!(delivery.attempt, 1);
 }
+
+/// On demand (`cargo test -p pipeline --test redis_queue -- --ignored --nocapture`): how many
+/// enqueue → claim → ack round trips one claimer gets through per second.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn measure_round_trips() {
+    let ns = TestNamespace::new();
+    let queue = ns.queue(Duration::from_secs(30)).await;
+    let count = 2_000;
+    let started = std::time::Instant::now();
+    for _ in 0..count {
+        queue.enqueue(Stage::Decode, message()).await.unwrap();
+    }
+    let enqueued = started.elapsed();
+    for _ in 0..count {
+        let delivery = claim(&queue, Stage::Decode, "a", NO_WAIT).await.unwrap();
+        queue.ack(Stage::Decode, &delivery).await.unwrap();
+    }
+    let total = started.elapsed();
+    println!(
+        "{count} enqueues in {enqueued:?} ({:.0}/s); {count} claim+ack in {:?} ({:.0}/s)",
+        count as f64 / enqueued.as_secs_f64(),
+        total - enqueued,
+        count as f64 / (total - enqueued).as_secs_f64()
+    );
+}
