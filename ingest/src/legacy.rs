@@ -8,6 +8,8 @@
 //! Same authentication, same JSON errors, same tenant isolation as `/v1`.
 
 use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
 use serde_json::json;
 use warp::Filter;
@@ -116,8 +118,7 @@ async fn separate(
     let encoded = request
         .mp3
         .ok_or_else(|| ApiError::bad_request("the JSON has no \"mp3\" field (base64 audio)"))?;
-    let audio = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+    let audio = decode_audio(&encoded)
         .map_err(|err| ApiError::bad_request(format!("\"mp3\" is not valid base64: {err}")))?;
     let mut input = OptionInput::default();
     if let Some(model) = request.model {
@@ -148,6 +149,26 @@ async fn separate(
     )
     .await?;
     Ok(separate_response(&accepted.job))
+}
+
+/// Standard base64, padded or not, possibly wrapped in lines or in a `data:` URL, as the
+/// old service's clients sent it.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn decode_audio(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let text = text.trim();
+    let payload = match text.strip_prefix("data:") {
+        Some(url) => url.split_once("base64,").map_or(url, |(_, data)| data),
+        None => text,
+    };
+    let compact: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    LENIENT_BASE64.decode(compact)
 }
 
 fn separate_response(job: &pipeline::Job) -> Response {
@@ -248,4 +269,29 @@ async fn remove(
         StatusCode::OK,
         &json!({"hash": job.id, "removed": stem}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_old_clients_sent_it() {
+        let audio = b"RIFF\x24\0\0\0WAVEfmt x";
+        let padded = base64::engine::general_purpose::STANDARD.encode(audio);
+        let unpadded = padded.trim_end_matches('=').to_owned();
+        let wrapped = format!("{}\n{}", &padded[..8], &padded[8..]);
+        let data_url = format!("data:audio/wav;base64,{padded}");
+        for text in [&padded, &unpadded, &wrapped, &data_url] {
+            assert_eq!(decode_audio(text).unwrap(), audio, "{text}");
+        }
+        assert!(decode_audio("!!!").is_err());
+    }
+
+    #[test]
+    fn tracks_name_stems() {
+        assert_eq!(track_stem("vocals.mp3").unwrap(), "vocals");
+        assert_eq!(track_stem("drums").unwrap(), "drums");
+        assert!(track_stem("../x").is_err());
+    }
 }
