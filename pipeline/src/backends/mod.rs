@@ -6,7 +6,9 @@ mod local_dir;
 mod local_events;
 mod memory_jobs;
 mod memory_queue;
+mod nats;
 mod redis;
+mod s3;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ pub use local_dir::{LocalDirStore, validate_key};
 pub use local_events::LocalEvents;
 pub use memory_jobs::MemoryJobStore;
 pub use memory_queue::{DeadLetter, MemoryQueue};
+pub use nats::NatsEvents;
+pub use s3::{S3Options, S3Store};
 
 use crate::config::{Config, QueueKind, StorageKind};
 use crate::error::{CodedError, ErrorCode};
