@@ -9,7 +9,7 @@ pub mod trace;
 
 pub use logging::{
     LogFormat, OtlpProtocol, OtlpSettings, TelemetryGuard, init_logging, init_telemetry,
-    init_tracing, shutdown_tracing,
+    init_tracing, json_log_layer, shutdown_tracing,
 };
 pub use server::{ReadyCheck, serve_metrics};
 

@@ -191,10 +191,7 @@ pub fn init_tracing(
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let fmt_layer = if json {
-        fmt_layer
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonWithTraceIds::new())
-            .boxed()
+        json_log_layer(std::io::stderr).boxed()
     } else {
         fmt_layer.boxed()
     };
@@ -259,6 +256,21 @@ fn build_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, ObserveE
                 .build(),
         )
         .build())
+}
+
+/// The JSON log layer [`init_tracing`] installs, writing to `writer`: `tracing-subscriber`'s
+/// JSON lines plus `trace_id` and `span_id` of the current span when it is traced. The ids are
+/// looked up through the global dispatcher (a scoped one, `with_default`, hides them).
+pub fn json_log_layer<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .fmt_fields(JsonFields::new())
+        .event_format(JsonWithTraceIds::new())
+        .with_writer(writer)
 }
 
 pub(crate) fn parse_filter(text: &str) -> Result<EnvFilter, ObserveError> {
