@@ -201,6 +201,35 @@ async fn jobs_survive_redis_and_s3_restarts() {
         "restart test: {} jobs, outcomes {outcomes:?}, all ended {elapsed:.1?} after start; longest a record sat unchanged: {longest_still:.1?}",
         watches.len()
     );
+    // The API role alone (`msaas ingest`) sees every job after the restarts, and stops on
+    // SIGTERM with exit 0.
+    let mut ingest = cluster.spawn(&["ingest"]);
+    let url = ingest.api_url();
+    assert_eq!(
+        support::http_get_status(&format!("{url}/readyz")),
+        Some(200)
+    );
+    let listing: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/v1/jobs?limit=100"))
+        .bearer_auth(cluster.key_of(TENANT))
+        .send()
+        .await
+        .expect("list jobs")
+        .json()
+        .await
+        .expect("listing JSON");
+    let listed: Vec<&str> = listing["jobs"]
+        .as_array()
+        .map(|jobs| jobs.iter().filter_map(|job| job["id"].as_str()).collect())
+        .unwrap_or_default();
+    // A submit retried after a failed attempt may have left the first attempt's job too (its
+    // record was written before the failure); that one is processed like any other.
+    for id in watches.keys() {
+        assert!(listed.contains(&id.as_str()), "{id} missing from {listing}");
+    }
+    let exit = ingest.terminate(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0), "{}", ingest.log_text());
+
     for worker in &mut workers {
         assert!(
             worker.child.try_wait().expect("try_wait").is_none(),
