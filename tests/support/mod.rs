@@ -693,6 +693,10 @@ impl Msaas {
 impl Drop for Msaas {
     fn drop(&mut self) {
         kill_hard(&mut self.child);
+        // Kept when the test fails, for the post-mortem (its path is in the failure message).
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
