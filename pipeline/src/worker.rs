@@ -514,7 +514,9 @@ impl Worker {
         };
 
         let watcher_stop = CancellationToken::new();
-        let watcher = tokio::spawn(watch_claim(
+        // Aborted if this future is dropped (the worker's task killed): a watcher left
+        // running would keep extending the claim and no other worker could take it over.
+        let mut watcher = AbortOnDrop(tokio::spawn(watch_claim(
             self.backends.clone(),
             self.settings.clone(),
             stage,
@@ -522,7 +524,7 @@ impl Worker {
             job.id.clone(),
             cancel.clone(),
             watcher_stop.clone(),
-        ));
+        )));
 
         // A panicking stage must not take the worker down with the message still claimed:
         // it becomes an `internal` error, retried and then dead-lettered like any other.
@@ -543,7 +545,7 @@ impl Worker {
             });
 
         watcher_stop.cancel();
-        if let Err(err) = watcher.await {
+        if let Err(err) = (&mut watcher.0).await {
             tracing::warn!(%stage, job = %job.id, %err, "claim watcher ended abnormally");
         }
         drop(ctx);
@@ -688,8 +690,19 @@ impl Worker {
     }
 }
 
-/// While a stage runs: keeps the claim alive (touch every third of the visibility timeout)
-/// and cancels the stage when the job is cancelled (its event, or the record when polled).
+/// Aborts its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// While a stage runs: keeps the claim alive (touch every third of the visibility timeout),
+/// shows the job is alive by moving the record's `updated_ms` at the same pace (so the
+/// janitor's sweep never takes a long stage for a lost one), and cancels the stage when the
+/// job is cancelled (its event, or the record when polled).
 async fn watch_claim(
     backends: Backends,
     settings: WorkerSettings,
@@ -737,6 +750,7 @@ async fn watch_claim(
                 if let Err(err) = backends.queue.touch(stage, &delivery).await {
                     tracing::warn!(%stage, %job, %err, "could not extend the claim");
                 }
+                heartbeat(&backends, stage, &delivery, &job).await;
             }
             _ = poll.tick() => {
                 match backends.jobs.get(&job).await {
@@ -746,6 +760,26 @@ async fn watch_claim(
                 }
             }
         }
+    }
+}
+
+/// Moves `updated_ms` of a record this delivery still runs (same state and attempt); a
+/// record that moved on (cancelled, taken over) is left alone.
+async fn heartbeat(backends: &Backends, stage: Stage, delivery: &Delivery, job: &JobId) {
+    let running = stage.running_state();
+    match backends.jobs.get(job).await {
+        Ok(Some(mut record)) if record.state == running && record.attempt == delivery.attempt => {
+            record.updated_ms = now_ms();
+            if let Err(err) = backends
+                .jobs
+                .compare_and_set(running, delivery.attempt, &record)
+                .await
+            {
+                tracing::debug!(%stage, %job, %err, "heartbeat lost a race; the record moved on");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!(%stage, %job, %err, "heartbeat could not read the record"),
     }
 }
 

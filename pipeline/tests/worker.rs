@@ -819,6 +819,65 @@ async fn long_stage_keeps_its_claim() {
 }
 
 #[tokio::test]
+async fn a_running_stage_moves_its_record_so_the_sweep_leaves_it_alone() {
+    let h = Harness::new(3, Duration::from_millis(300)).await;
+    h.handler(Stage::Separate)
+        .behave([Behaviour::Slow(Duration::from_millis(1500))]);
+    let (shutdown, tasks) = h.start_workers();
+    let job = h.submit(b"heartbeat").await;
+    let running = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let record = h.backends.jobs.get(&job.id).await.unwrap().unwrap();
+            if record.state == JobState::Separating {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("separate starts");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = h.backends.jobs.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(later.state, JobState::Separating);
+    assert!(
+        later.updated_ms > running.updated_ms,
+        "record not moved while the stage ran: {} -> {}",
+        running.updated_ms,
+        later.updated_ms
+    );
+    let done = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(h.handler(Stage::Separate).runs(), 1);
+}
+
+#[tokio::test]
+async fn a_worker_task_dropped_mid_stage_lets_another_take_the_message_over() {
+    let h = Harness::new(3, Duration::from_millis(300)).await;
+    h.handler(Stage::Decode)
+        .behave([Behaviour::BlockUntilCancelled]);
+    let doomed = h.worker(Stage::Decode);
+    let doomed_task = tokio::spawn(async move { doomed.run(CancellationToken::new()).await });
+    let job = h.submit(b"orphaned").await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while h.handler(Stage::Decode).runs() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the doomed worker starts decode");
+    // Killed without a shutdown: its claim watcher must die with it, or it would keep the
+    // message claimed for ever.
+    doomed_task.abort();
+    let _ = doomed_task.await;
+    let (shutdown, tasks) = h.start_workers();
+    let done = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(h.handler(Stage::Decode).runs(), 2);
+}
+
+#[tokio::test]
 async fn a_panicking_stage_is_retried_like_an_internal_error() {
     let h = Harness::new(3, Duration::from_secs(30)).await;
     h.handler(Stage::Decode).behave([Behaviour::Panic]);
