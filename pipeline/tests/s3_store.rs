@@ -608,3 +608,32 @@ async fn an_unreachable_server_is_a_storage_unavailable_error() {
         assert_eq!(err.code().as_str(), "storage_unavailable");
     }
 }
+
+/// On demand (`cargo test -p pipeline --release --test s3_store -- --ignored --nocapture`):
+/// upload and download throughput of a 256 MiB body through the store.
+#[tokio::test]
+#[ignore = "a measurement, not a check; run on demand"]
+async fn measure_throughput() {
+    let store = fresh_store().await;
+    let total = 256 * MIB;
+    let body = Bytes::from(pattern(0, MIB));
+    let chunks = futures::stream::iter((0..total / MIB).map(move |_| Ok(body.clone()))).boxed();
+    let started = std::time::Instant::now();
+    store.put_stream("big", chunks, None).await.unwrap();
+    let upload = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut stream = store.get_stream("big", None).await.unwrap();
+    let mut received = 0;
+    while let Some(chunk) = stream.next().await {
+        received += chunk.unwrap().len();
+    }
+    let download = started.elapsed();
+    assert_eq!(received, total);
+    let mib_per_s = |d: Duration| total as f64 / MIB as f64 / d.as_secs_f64();
+    eprintln!(
+        "S3Store, 256 MiB: upload {:.0} MiB/s ({upload:?}), download {:.0} MiB/s ({download:?})",
+        mib_per_s(upload),
+        mib_per_s(download)
+    );
+    remove_bucket(&store).await;
+}

@@ -1,11 +1,12 @@
 //! S3 (or any S3-compatible server: SeaweedFS, MinIO, …) as the blob store (distributed
 //! mode), through aws-sdk-s3.
 //!
-//! - Uploads stream: a body is cut into [`PART_SIZE`] parts, one part in memory at a time. A
-//!   body that fits one part is a single `PutObject`; a longer one a multipart upload. With a
-//!   limit, the upload stops as soon as the body passes it and the multipart upload is
-//!   aborted, so nothing is stored. S3 makes an object visible only when its `PutObject` or
-//!   `CompleteMultipartUpload` succeeds: readers see the old object or the whole new one.
+//! - Uploads stream: a body is cut into [`PART_SIZE`] parts, [`PARTS_IN_FLIGHT`] sent at
+//!   once (so at most that many + 1 parts are in memory). A body that fits one part is a
+//!   single `PutObject`; a longer one a multipart upload. With a limit, the upload stops as
+//!   soon as the body passes it and the multipart upload is aborted, so nothing is stored.
+//!   S3 makes an object visible only when its `PutObject` or `CompleteMultipartUpload`
+//!   succeeds: readers see the old object or the whole new one.
 //! - Every request goes through the SDK's standard retry policy (a few attempts, exponential
 //!   backoff with jitter) for connection errors, timeouts, 5xx and throttling. Each part is
 //!   held as bytes, so a part upload can be retried too.
@@ -31,6 +32,7 @@ use aws_sdk_s3::types::{
 };
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
@@ -38,9 +40,12 @@ use super::validate_key;
 use crate::config::S3Config;
 use crate::traits::{BackendError, BlobStore, ByteStream, Location, PutOutcome};
 
-/// Size of each part of a multipart upload (S3's minimum for all parts but the last), and the
-/// most a streaming upload holds in memory.
+/// Size of each part of a multipart upload (S3's minimum for all parts but the last).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Parts of one upload sent at once: a streaming upload holds at most this many parts + 1 in
+/// memory.
+pub const PARTS_IN_FLIGHT: usize = 3;
 
 /// `DeleteObjects` takes at most this many keys per request.
 const DELETE_BATCH: usize = 1000;
@@ -208,29 +213,40 @@ impl S3Store {
     async fn upload(
         &self,
         object_key: &str,
-        mut body: ByteStream,
+        body: ByteStream,
         limit: Option<u64>,
     ) -> Result<PutOutcome, BackendError> {
-        let mut part = BytesMut::with_capacity(PART_SIZE);
         let mut multipart: Option<MultipartUpload> = None;
+        let outcome = self
+            .upload_parts(object_key, body, limit, &mut multipart)
+            .await;
+        // Anything but a stored object leaves nothing behind.
+        if let Some(upload) = multipart.take()
+            && !matches!(outcome, Ok(PutOutcome::Stored { .. }))
+        {
+            upload.abort().await;
+        }
+        outcome
+    }
+
+    /// The body of [`S3Store::upload`]; the multipart upload it opens (if any) is left in
+    /// `multipart` for the caller to abort when this does not store the object.
+    async fn upload_parts(
+        &self,
+        object_key: &str,
+        mut body: ByteStream,
+        limit: Option<u64>,
+        multipart: &mut Option<MultipartUpload>,
+    ) -> Result<PutOutcome, BackendError> {
+        let mut part = BytesMut::with_capacity(PART_SIZE);
+        let mut in_flight = FuturesUnordered::new();
         let mut total: u64 = 0;
         while let Some(chunk) = body.next().await {
-            let mut chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(err) => {
-                    if let Some(upload) = multipart.take() {
-                        upload.abort().await;
-                    }
-                    return Err(err);
-                }
-            };
+            let mut chunk = chunk?;
             total = total.saturating_add(chunk.len() as u64);
             if let Some(limit) = limit
                 && total > limit
             {
-                if let Some(upload) = multipart.take() {
-                    upload.abort().await;
-                }
                 return Ok(PutOutcome::OverLimit { limit });
             }
             while !chunk.is_empty() {
@@ -239,16 +255,16 @@ impl S3Store {
                 if part.len() == PART_SIZE {
                     let full = part.split().freeze();
                     part.reserve(PART_SIZE);
-                    if multipart.is_none() {
-                        multipart = Some(MultipartUpload::create(self, object_key).await?);
-                    }
-                    if let Some(upload) = multipart.as_mut()
-                        && let Err(err) = upload.send_part(full).await
+                    let upload = match multipart {
+                        Some(upload) => upload,
+                        None => multipart.insert(MultipartUpload::create(self, object_key).await?),
+                    };
+                    in_flight.push(upload.start_part(full));
+                    // Bounded memory: wait for one to finish before reading on.
+                    if in_flight.len() >= PARTS_IN_FLIGHT
+                        && let Some(sent) = in_flight.next().await
                     {
-                        if let Some(upload) = multipart.take() {
-                            upload.abort().await;
-                        }
-                        return Err(err);
+                        upload.parts.push(sent?);
                     }
                 }
                 let take = (PART_SIZE - part.len()).min(chunk.len());
@@ -257,15 +273,12 @@ impl S3Store {
         }
         match multipart {
             None => self.put_object(object_key, part.freeze()).await?,
-            Some(mut upload) => {
-                let finished = match upload.send_part(part.freeze()).await {
-                    Ok(()) => upload.complete().await,
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = finished {
-                    upload.abort().await;
-                    return Err(err);
+            Some(upload) => {
+                in_flight.push(upload.start_part(part.freeze()));
+                while let Some(sent) = in_flight.next().await {
+                    upload.parts.push(sent?);
                 }
+                upload.complete().await?;
             }
         }
         Ok(PutOutcome::Stored { bytes: total })
@@ -321,6 +334,7 @@ struct MultipartUpload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    next_part_number: i32,
     open: bool,
 }
 
@@ -345,14 +359,21 @@ impl MultipartUpload {
             key: object_key.to_owned(),
             upload_id: upload_id.to_owned(),
             parts: Vec::new(),
+            next_part_number: 0,
             open: true,
         })
     }
 
-    async fn send_part(&mut self, bytes: Bytes) -> Result<(), BackendError> {
+    /// Starts sending the next part; the future owns what it needs, so several can run at
+    /// once.
+    fn start_part(
+        &mut self,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<CompletedPart, BackendError>> + Send + 'static {
         // Part numbers are 1-based; S3 allows 10 000 parts (48 GiB at 5 MiB).
-        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
-        let sent = self
+        self.next_part_number = self.next_part_number.saturating_add(1);
+        let number = self.next_part_number;
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -360,20 +381,23 @@ impl MultipartUpload {
             .upload_id(&self.upload_id)
             .part_number(number)
             .content_length(bytes.len() as i64)
-            .body(S3Body::from(bytes))
-            .send()
-            .await
-            .map_err(|err| storage_error("UploadPart", &self.key, err))?;
-        self.parts.push(
-            CompletedPart::builder()
+            .body(S3Body::from(bytes));
+        let key = self.key.clone();
+        async move {
+            let sent = request
+                .send()
+                .await
+                .map_err(|err| storage_error("UploadPart", &key, err))?;
+            Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(sent.e_tag().map(str::to_owned))
-                .build(),
-        );
-        Ok(())
+                .build())
+        }
     }
 
     async fn complete(&mut self) -> Result<(), BackendError> {
+        // Parts finish in any order; S3 wants them listed in ascending order.
+        self.parts.sort_by_key(|part| part.part_number());
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
