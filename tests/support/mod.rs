@@ -436,7 +436,6 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// Private Redis, SeaweedFS and NATS plus the `MSAAS_*` environment that points at them.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub redis: PrivateRedis,
     pub weed: PrivateWeed,
     pub nats: PrivateNats,
@@ -445,6 +444,8 @@ pub struct Cluster {
     pub keys: Vec<(String, String)>,
     /// Extra `MSAAS_*` settings of this test.
     pub settings: Vec<(String, String)>,
+    /// Last: removed after the servers above are stopped (fields drop in order).
+    pub dir: tempfile::TempDir,
 }
 
 /// Credentials the private SeaweedFS accepts (it checks none).
