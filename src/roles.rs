@@ -203,6 +203,9 @@ pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Res
                 config.observe.metrics_listen
             )
         })?;
+        // The queue gauges are part of every /metrics (dashboards and alerts read them from
+        // whichever pod answers).
+        crate::services::spawn_queue_poller(&backends, &config, &shutdown);
         let ready = readiness(&backends, args.stage, &shutdown);
         let bound = crate::services::serve_metrics(addr, ready, &shutdown).await?;
         // Scripts and tests read the port from here when it was 0.

@@ -239,7 +239,7 @@ async fn one_job_is_one_trace_across_the_ingest_and_worker_processes() {
         );
         found[0]
     };
-    let upload = named("upload");
+    let upload = named("ingest.upload");
     let decode = named("stage.decode");
     let separate = named("stage.separate");
     let encode = named("stage.encode");

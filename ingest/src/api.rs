@@ -279,7 +279,7 @@ pub(crate) fn route_label(method: &str, path: &str) -> &'static str {
 /// The span of one upload: a child of the caller's trace when it sent a `traceparent`.
 /// Its own `traceparent` travels with the job (queue messages, webhooks).
 pub(crate) fn upload_span(headers: &HeaderMap, route: &'static str) -> tracing::Span {
-    let span = tracing::info_span!("upload", route, job = tracing::field::Empty);
+    let span = tracing::info_span!("ingest.upload", route, job = tracing::field::Empty);
     if let Some(parent) = headers
         .get(observe::trace::TRACEPARENT)
         .and_then(|value| value.to_str().ok())
