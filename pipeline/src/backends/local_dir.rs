@@ -84,9 +84,12 @@ async fn write_atomically(
     mut body: ByteStream,
     limit: Option<u64>,
 ) -> Result<PutOutcome, BackendError> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| BackendError::InvalidKey(target.display().to_string()))?;
+    let dir = match target.parent() {
+        // A bare file name: the current directory.
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => return Err(BackendError::InvalidKey(target.display().to_string())),
+    };
     let name = target
         .file_name()
         .ok_or_else(|| BackendError::InvalidKey(target.display().to_string()))?;
@@ -124,6 +127,16 @@ async fn write_atomically(
     guard.armed = false;
     sync_dir(dir).await?;
     Ok(PutOutcome::Stored { bytes: written })
+}
+
+/// Copies a stream into a local file, atomically: every store's `get_to_file`.
+pub(crate) async fn copy_to_file(body: ByteStream, path: &Path) -> Result<u64, BackendError> {
+    match write_atomically(path, body, None).await? {
+        PutOutcome::Stored { bytes } => Ok(bytes),
+        PutOutcome::OverLimit { limit } => Err(BackendError::Storage(format!(
+            "unlimited write reported over limit {limit}"
+        ))),
+    }
 }
 
 /// Makes the rename itself durable.
@@ -213,12 +226,7 @@ impl BlobStore for LocalDirStore {
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, BackendError> {
         let body = self.get_stream(key, None).await?;
-        match write_atomically(path, body, None).await? {
-            PutOutcome::Stored { bytes } => Ok(bytes),
-            PutOutcome::OverLimit { limit } => Err(BackendError::Storage(format!(
-                "unlimited write reported over limit {limit}"
-            ))),
-        }
+        copy_to_file(body, path).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {

@@ -12,7 +12,7 @@
 //!   held as bytes, so a part upload can be retried too.
 //! - Keys are checked with [`validate_key`] and stored under the configured prefix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +33,6 @@ use aws_sdk_s3::types::{
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::validate_key;
@@ -49,9 +48,6 @@ pub const PARTS_IN_FLIGHT: usize = 3;
 
 /// `DeleteObjects` takes at most this many keys per request.
 const DELETE_BATCH: usize = 1000;
-
-/// Marks the temporary files of `get_to_file` (same marker as the local store uses).
-const TEMP_MARKER: &str = ".msaas-tmp.";
 
 /// Connection and retry settings; [`Default`] suits a service.
 #[derive(Debug, Clone)]
@@ -479,23 +475,6 @@ where
     }
 }
 
-/// Removes the temporary file of `get_to_file` unless the copy completed.
-struct TempFileGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Drop for TempFileGuard {
-    fn drop(&mut self) {
-        if self.armed
-            && let Err(err) = std::fs::remove_file(&self.path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.path.display(), %err, "could not remove temporary file");
-        }
-    }
-}
-
 #[async_trait]
 impl BlobStore for S3Store {
     async fn put_stream(
@@ -585,43 +564,8 @@ impl BlobStore for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, BackendError> {
-        let mut body = self.get_stream(key, None).await?;
-        let (dir, name) = match (path.parent(), path.file_name()) {
-            (Some(dir), Some(name)) => (dir, name),
-            _ => return Err(BackendError::InvalidKey(path.display().to_string())),
-        };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        tokio::fs::create_dir_all(dir).await?;
-        let temp_path = dir.join(format!(
-            ".{}{TEMP_MARKER}{}",
-            name.to_string_lossy(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let mut guard = TempFileGuard {
-            path: temp_path.clone(),
-            armed: true,
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .await?;
-        let mut written: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            written += chunk.len() as u64;
-            file.write_all(&chunk).await?;
-        }
-        file.flush().await?;
-        file.sync_all().await?;
-        drop(file);
-        tokio::fs::rename(&temp_path, path).await?;
-        guard.armed = false;
-        Ok(written)
+        let body = self.get_stream(key, None).await?;
+        super::local_dir::copy_to_file(body, path).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
