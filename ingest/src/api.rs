@@ -341,13 +341,7 @@ async fn upload_raw(
     }
     let name = clean_source_name(input.filename());
     let stored = upload::store(&state, &tenant, options, name, body).await?;
-    let accepted = upload::commit(
-        &state,
-        stored,
-        idempotency.as_deref(),
-        observe::trace::current_traceparent(),
-    )
-    .await?;
+    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
     Ok(accepted_response(&accepted))
 }
 
@@ -392,13 +386,7 @@ async fn upload_multipart(
             return Err(err);
         }
     };
-    let accepted = upload::commit(
-        &state,
-        stored,
-        idempotency.as_deref(),
-        observe::trace::current_traceparent(),
-    )
-    .await?;
+    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
     Ok(accepted_response(&accepted))
 }
 

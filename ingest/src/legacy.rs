@@ -141,13 +141,7 @@ async fn separate(
     let name = clean_source_name(request.name.as_deref().or(Some("song.mp3")));
     let stream = futures::StreamExt::boxed(futures::stream::iter([Ok(bytes::Bytes::from(audio))]));
     let stored = upload::store(&state, &tenant, options, name, stream).await?;
-    let accepted = upload::commit(
-        &state,
-        stored,
-        idempotency.as_deref(),
-        observe::trace::current_traceparent(),
-    )
-    .await?;
+    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
     Ok(separate_response(&accepted.job))
 }
 

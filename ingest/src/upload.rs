@@ -171,12 +171,12 @@ fn options_hash(options: &JobOptions) -> String {
 
 /// Turns a stored source into a queued job, unless an idempotency key or (with
 /// `jobs.dedup`) the same bytes with the same options name an earlier job: then the stored
-/// copy is deleted and the earlier job returned.
+/// copy is deleted and the earlier job returned. Runs inside the upload span, whose
+/// traceparent `enqueue_new` gives the job (one trace per job).
 pub(crate) async fn commit(
     state: &IngestState,
     stored: Stored,
     idempotency_key: Option<&str>,
-    traceparent: Option<String>,
 ) -> Result<Accepted, ApiError> {
     let backends = state.backends();
     let job = &stored.job;
@@ -244,7 +244,7 @@ pub(crate) async fn commit(
     }
 
     let bytes = stored.bytes;
-    let job = enqueue_new(backends, stored.job, traceparent).await?;
+    let job = enqueue_new(backends, stored.job, None).await?;
     observe::metrics::upload_accepted(bytes);
     Ok(Accepted {
         status: StatusCode::ACCEPTED,
