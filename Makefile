@@ -7,7 +7,7 @@ export MSAAS_TOOLS
 export PATH := $(MSAAS_TOOLS)/bin:$(PATH)
 OUT ?= stems
 
-.PHONY: demo setup test-deps services fmt-check clippy test check
+.PHONY: demo setup test-deps services fmt-check clippy layering test check
 
 # Separate the demo clip into stems under $(OUT)/ on the embedded default (no servers).
 demo: setup
@@ -29,8 +29,12 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# Crate arrows and file imports as DESIGN.md "The house" draws them; stage cores free of the service.
+layering:
+	tools/check-layering
+
 test: test-deps setup services
 	cargo test --workspace
 
-# Everything a change must pass: formatting, lints, the whole test suite.
-check: fmt-check clippy test
+# Everything a change must pass: formatting, lints, layering, the whole test suite.
+check: fmt-check clippy layering test

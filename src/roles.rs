@@ -96,9 +96,9 @@ fn load_config(config_path: Option<&Path>) -> anyhow::Result<Config> {
 /// The backends of a role, with the transition hooks every role installs.
 async fn backends(config: &Config, embedded: bool) -> anyhow::Result<Backends> {
     let backends = if embedded {
-        Backends::embedded_from_config(config)?
+        backends::embedded_from_config(config)?
     } else {
-        Backends::connect(config).await?
+        backends::connect(config).await?
     };
     Ok(crate::services::install_hooks(backends, config))
 }

@@ -123,7 +123,7 @@ pub async fn run(config_path: Option<&Path>, args: RunArgs) -> anyhow::Result<Ex
         .prefix("msaas-run-")
         .tempdir()
         .context("cannot create a temporary work directory")?;
-    let backends = Backends::embedded(work_dir.path(), config.worker.visibility_timeout())?;
+    let backends = backends::embedded(work_dir.path(), config.worker.visibility_timeout())?;
 
     let shutdown = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();

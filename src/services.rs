@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use backends::RedisJobStore;
 use pipeline::Backends;
-use pipeline::backends::RedisJobStore;
 use pipeline::config::Config;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// Adds the hooks every role runs (webhooks, metrics).
 pub fn install_hooks(backends: Backends, config: &Config) -> Backends {
     backends
-        .with_hook(Arc::new(pipeline::callback::CallbackHook::new(
-            &config.callbacks,
-        )))
+        .with_hook(Arc::new(backends::CallbackHook::new(&config.callbacks)))
         .with_hook(Arc::new(pipeline::telemetry::MetricsHook::new()))
 }
 
@@ -67,7 +65,7 @@ pub async fn start_api(
             .context("auth.redis_keys needs queue.kind = \"redis\" and queue.url")?;
         let store = RedisJobStore::connect(
             url,
-            Backends::REDIS_NAMESPACE,
+            backends::REDIS_NAMESPACE,
             Duration::from_secs(config.jobs.retention_secs),
         )
         .await

@@ -9,8 +9,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
-use pipeline::resample::StreamResampler;
-use pipeline::{Pcm, SourceInfo};
+use audio::resample::StreamResampler;
+use audio::{Pcm, SourceInfo};
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Channels, Signal};
 use symphonia::core::codecs::{CODEC_TYPE_AAC, CODEC_TYPE_NULL, Decoder, DecoderOptions};
 use symphonia::core::conv::IntoSample;

@@ -1,7 +1,7 @@
 //! Why a file could not be decoded, each with a stable [`ErrorCode`].
 
-use pipeline::ErrorCode;
-use pipeline::resample::ResampleError;
+use audio::ErrorCode;
+use audio::resample::ResampleError;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,11 +53,5 @@ impl DecodeError {
             Self::Io(_) => ErrorCode::Io,
             Self::Resample(_) => ErrorCode::Internal,
         }
-    }
-}
-
-impl From<DecodeError> for pipeline::StageError {
-    fn from(err: DecodeError) -> Self {
-        pipeline::StageError::new(err.code(), err.to_string())
     }
 }

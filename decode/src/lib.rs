@@ -2,8 +2,8 @@
 //!
 //! Formats (symphonia 0.5): MP3, FLAC, WAV (PCM integer and float), AIFF, OGG Vorbis,
 //! AAC-LC and ALAC in MP4/M4A. Decoding streams packet by packet; mono is duplicated, more
-//! channels are downmixed ([`downmix`]), other rates are resampled ([`pipeline::resample`]).
-//! Corrupt packets are skipped and counted in [`pipeline::SourceInfo::skipped_packets`];
+//! channels are downmixed ([`downmix`]), other rates are resampled ([`audio::resample`]).
+//! Corrupt packets are skipped and counted in [`audio::SourceInfo::skipped_packets`];
 //! every other failure is a [`DecodeError`] with a stable code.
 //!
 //! ```no_run
@@ -21,6 +21,7 @@ pub mod downmix;
 pub mod error;
 pub mod limits;
 mod preflight;
+#[cfg(feature = "stage")]
 pub mod stage;
 mod wav_repair;
 
@@ -29,4 +30,5 @@ pub use decoder::{
 };
 pub use error::DecodeError;
 pub use limits::Limits;
+#[cfg(feature = "stage")]
 pub use stage::DecodeStage;

@@ -13,6 +13,12 @@ use crate::decoder::{DecodeOptions, Target, decode_with};
 use crate::error::DecodeError;
 use crate::limits::Limits;
 
+impl From<DecodeError> for StageError {
+    fn from(err: DecodeError) -> Self {
+        StageError::new(err.code(), err.to_string())
+    }
+}
+
 /// Stage `decode`: `uploads/{job}/source` → `work/{job}/mix.wav` (44.1 kHz stereo f32).
 #[derive(Debug, Clone, Default)]
 pub struct DecodeStage {
@@ -74,7 +80,7 @@ impl StageHandler for DecodeStage {
             let decoded = decode_with(file, &limits, &options)?;
             let out = std::fs::File::create(&blocking_mix_path)
                 .map_err(|err| io_error("creating mix.wav", err))?;
-            pipeline::audio::write_wav_f32(&decoded.pcm, BufWriter::new(out))
+            audio::write_wav_f32(&decoded.pcm, BufWriter::new(out))
                 .map_err(|err| StageError::new(ErrorCode::Io, format!("writing mix.wav: {err}")))?;
             Ok(decoded.info)
         })

@@ -7,9 +7,9 @@ mod common;
 use std::io::Cursor;
 use std::path::Path;
 
+use audio::ErrorCode;
 use common::*;
 use decode::{DecodeError, Limits, Target, decode, decode_file};
-use pipeline::ErrorCode;
 
 fn decode_bytes(bytes: Vec<u8>) -> Result<decode::Decoded, DecodeError> {
     decode(Cursor::new(bytes), &Limits::default())

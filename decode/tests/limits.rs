@@ -5,9 +5,9 @@ mod common;
 
 use std::io::Cursor;
 
+use audio::ErrorCode;
 use common::*;
 use decode::{DecodeError, Limits, Target, decode, decode_file};
-use pipeline::ErrorCode;
 
 #[test]
 fn too_large_is_refused_before_reading() {

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use audio::Pcm;
+use audio::format::{AudioFormat, Mp3Mode, OutputFormat, SampleFormat};
 use encode::{Song, encode_stems};
-use pipeline::Pcm;
-use pipeline::job::{AudioFormat, Mp3Mode, OutputFormat, SampleFormat};
 
 const RATE: u32 = 44_100;
 

@@ -1,8 +1,8 @@
 //! Clip handling as demucs offers it (`demucs.audio.prevent_clip`), applied to all the stems
 //! of a song at once, and the float → integer quantisation every integer writer shares.
 
-use pipeline::Pcm;
-use pipeline::job::{ClipMode, OutputFormat};
+use audio::Pcm;
+use audio::format::{ClipMode, OutputFormat};
 
 use crate::error::EncodeError;
 use crate::options;
@@ -96,7 +96,7 @@ pub fn quantize_i24(sample: f32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipeline::job::{AudioFormat, SampleFormat};
+    use audio::format::{AudioFormat, SampleFormat};
 
     fn song(values: &[(f32, f32)]) -> Vec<(String, Pcm)> {
         values
@@ -155,7 +155,7 @@ mod tests {
                 ..OutputFormat::default()
             };
             let err = prepare(&mut song(&[(2.0, 0.0)]), &format).unwrap_err();
-            assert_eq!(err.code(), pipeline::ErrorCode::InvalidOption, "{err}");
+            assert_eq!(err.code(), audio::ErrorCode::InvalidOption, "{err}");
         }
     }
 

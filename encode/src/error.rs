@@ -1,7 +1,7 @@
 //! The typed error of the encode stage, each variant mapped to a stable [`ErrorCode`].
 
-use pipeline::ErrorCode;
-use pipeline::audio::AudioError;
+use audio::AudioError;
+use audio::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -79,14 +79,8 @@ impl From<hound::Error> for EncodeError {
     }
 }
 
-impl From<EncodeError> for pipeline::CodedError {
+impl From<EncodeError> for audio::CodedError {
     fn from(err: EncodeError) -> Self {
-        pipeline::CodedError::new(err.code(), err.to_string())
-    }
-}
-
-impl From<EncodeError> for pipeline::StageError {
-    fn from(err: EncodeError) -> Self {
-        pipeline::StageError(err.into())
+        audio::CodedError::new(err.code(), err.to_string())
     }
 }

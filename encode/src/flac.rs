@@ -4,13 +4,13 @@
 
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 
+use audio::Pcm;
+use audio::format::SampleFormat;
 use flacenc::bitsink::MemSink;
 use flacenc::component::{BitRepr, StreamInfo};
 use flacenc::error::Verify;
 use flacenc::source::{Fill, FrameBuf};
 use md5::{Digest, Md5};
-use pipeline::Pcm;
-use pipeline::job::SampleFormat;
 
 use crate::clip::{quantize_i16, quantize_i24};
 use crate::error::EncodeError;

@@ -1,8 +1,8 @@
 //! `--output-rate source`: stems go back to the source's sample rate and, for mono sources,
 //! to one channel.
 
-use pipeline::job::OutputRate;
-use pipeline::{Pcm, SourceInfo};
+use audio::format::OutputRate;
+use audio::{Pcm, SourceInfo};
 
 use crate::error::EncodeError;
 
@@ -11,7 +11,7 @@ use crate::error::EncodeError;
 /// With [`OutputRate::Source`]: a mono source gives mono stems (the average of the stem's
 /// channels); a source with more channels than the stem keeps the stem's channels (a stem
 /// cannot be upmixed meaningfully); the sample rate becomes the source's, through
-/// `pipeline::resample` (band-limited sinc).
+/// `audio::resample` (band-limited sinc).
 pub fn to_output_layout(
     pcm: Pcm,
     rate: OutputRate,
@@ -31,7 +31,7 @@ pub fn to_output_layout(
             if pcm.sample_rate == source.sample_rate {
                 return Ok(pcm);
             }
-            pipeline::resample::resample(&pcm, source.sample_rate)
+            audio::resample::resample(&pcm, source.sample_rate)
                 .map_err(|err| EncodeError::Resample(err.to_string()))
         }
     }

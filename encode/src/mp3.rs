@@ -4,10 +4,10 @@
 
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 
+use audio::Pcm;
+use audio::format::Mp3Mode;
 use id3::TagLike;
 use mp3lame_encoder::{Bitrate, Builder, DualPcm, FlushGap, MonoPcm, Quality, VbrMode};
-use pipeline::Pcm;
-use pipeline::job::Mp3Mode;
 
 use crate::error::EncodeError;
 use crate::options::{MP3_CBR_KBPS, MP3_VBR_WORST};

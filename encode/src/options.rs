@@ -1,12 +1,12 @@
 //! Validation of the requested output before any work is done, so a bad request fails at once
 //! with `invalid_option` instead of after a minute of encoding.
 
-use pipeline::job::{AudioFormat, ClipMode, Mp3Mode, OutputFormat, SampleFormat};
+use audio::format::{AudioFormat, ClipMode, Mp3Mode, OutputFormat, SampleFormat};
 
 use crate::error::EncodeError;
 
 /// MP3 constant bit rates offered (kbit/s), the list submission validates against.
-pub use pipeline::job::MP3_CBR_KBPS;
+pub use audio::format::MP3_CBR_KBPS;
 
 /// Best (0) … worst (9) LAME VBR quality.
 pub const MP3_VBR_WORST: u8 = 9;

@@ -5,13 +5,14 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use pipeline::job::OutputFormat;
-use pipeline::{Pcm, SourceInfo};
+use audio::format::OutputFormat;
+use audio::{Pcm, SourceInfo};
 
+use crate::encoder::encode;
 use crate::error::EncodeError;
 use crate::layout::to_output_layout;
 use crate::tags::Tags;
-use crate::{clip, encode, options};
+use crate::{clip, options};
 
 /// One encoded stem on local disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +42,13 @@ pub fn encode_stem_files(
     options::validate(format)?;
     let stems = parallel_map(inputs, is_cancelled, |(stem, path)| {
         let file = File::open(&path)?;
-        let pcm = pipeline::audio::read_wav_f32(BufReader::with_capacity(1 << 16, file)).map_err(
-            |source| EncodeError::Intermediate {
-                stem: stem.clone(),
-                source,
-            },
-        )?;
+        let pcm =
+            audio::read_wav_f32(BufReader::with_capacity(1 << 16, file)).map_err(|source| {
+                EncodeError::Intermediate {
+                    stem: stem.clone(),
+                    source,
+                }
+            })?;
         Ok((stem, pcm))
     })?;
     encode_stems(stems, format, song, out_dir, is_cancelled)

@@ -10,6 +10,12 @@ use pipeline::{ErrorCode, Job, Stage, StageContext, StageError, StageHandler, St
 use crate::error::EncodeError;
 use crate::song::{Song, encode_stem_files};
 
+impl From<EncodeError> for StageError {
+    fn from(err: EncodeError) -> Self {
+        StageError(err.into())
+    }
+}
+
 /// The encode stage: for every stem in `job.stems`, reads `work/{job}/stems/{stem}.wav`,
 /// encodes as `job.options.output` asks, and stores `results/{job}/{stem}.{ext}`.
 #[derive(Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use pipeline::SourceInfo;
+use audio::SourceInfo;
 
 /// Tags written into an encoded stem (WAV LIST/INFO, FLAC Vorbis comment, MP3 ID3v2).
 /// Absent or empty fields are not written.

@@ -2,8 +2,8 @@
 
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 
-use pipeline::Pcm;
-use pipeline::job::SampleFormat;
+use audio::Pcm;
+use audio::format::SampleFormat;
 
 use crate::clip::{quantize_i16, quantize_i24};
 use crate::error::EncodeError;

@@ -5,10 +5,10 @@ mod common;
 
 use std::path::Path;
 
+use audio::format::{AudioFormat, ClipMode, Mp3Mode, OutputFormat, OutputRate, SampleFormat};
+use audio::{ErrorCode, Pcm, SourceInfo};
 use common::{ffmpeg_decode, ffprobe, format_tag, music};
 use encode::{CLAMP_LIMIT, EncodedStem, RESCALE_HEADROOM, Song, encode_stems};
-use pipeline::job::{AudioFormat, ClipMode, Mp3Mode, OutputFormat, OutputRate, SampleFormat};
-use pipeline::{ErrorCode, Pcm, SourceInfo};
 
 const STEMS: [&str; 4] = ["drums", "bass", "other", "vocals"];
 

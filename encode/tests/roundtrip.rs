@@ -6,10 +6,10 @@ mod common;
 use std::fs::File;
 use std::path::PathBuf;
 
+use audio::format::{AudioFormat, Mp3Mode, OutputFormat, SampleFormat};
+use audio::{ErrorCode, Pcm};
 use common::{best_lag, ffmpeg_decode, music, snr_db};
 use encode::{EncodeError, Tags, encode};
-use pipeline::job::{AudioFormat, Mp3Mode, OutputFormat, SampleFormat};
-use pipeline::{ErrorCode, Pcm};
 
 fn encode_to_file(pcm: &Pcm, format: &OutputFormat, dir: &tempfile::TempDir) -> PathBuf {
     let path = dir

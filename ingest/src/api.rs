@@ -1,10 +1,9 @@
 //! The `/v1` routes, the health routes and the filter that joins every route.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use futures::StreamExt;
-use pipeline::{ErrorCode, Job, JobState, Stage, job::keys};
+use pipeline::{ErrorCode, Stage};
 use serde_json::{Value, json};
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
@@ -12,11 +11,16 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::body::{SyncStream, byte_stream, collect_limited};
-use crate::error::{ApiError, recover};
+use crate::body::{byte_stream, collect_limited};
+use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
+use crate::reply::{
+    accepted_response, authorization, count_upload, json_response, only_parameters, query_pairs,
+    respond, tenant, upload_span, with_state,
+};
 use crate::state::IngestState;
-use crate::upload::{self, Accepted, Stored, clean_source_name};
+use crate::stems::{remove_job, serve_stem};
+use crate::upload::{self, Stored, clean_source_name};
 use crate::view::job_view;
 
 /// Default and largest `limit` of `GET /v1/jobs`.
@@ -27,58 +31,7 @@ const MAX_FORM_FIELD: u64 = 4096;
 /// How long `/readyz` waits for the backends.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(ApiError::into_response)
-}
-
-pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
-    warp::reply::with_status(warp::reply::json(value), status).into_response()
-}
-
-fn with_state(
-    state: IngestState,
-) -> impl Filter<Extract = (IngestState,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
-}
-
-/// `Authorization` header, if any (checked by the handler, so that a missing key is a 401
-/// JSON error rather than a rejection).
-fn authorization() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-}
-
-/// Query parameters as decoded pairs, in order (repeats kept, so they can be refused).
-fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = warp::Rejection> + Clone
-{
-    warp::query::<Vec<(String, String)>>()
-}
-
-pub(crate) async fn tenant(
-    state: &IngestState,
-    authorization: Option<String>,
-) -> Result<String, ApiError> {
-    state.inner.auth.tenant(authorization.as_deref()).await
-}
-
-/// Refuses any query parameter not in `allowed`.
-fn only_parameters(pairs: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
-    match pairs
-        .iter()
-        .find(|(name, _)| !allowed.contains(&name.as_str()))
-    {
-        Some((name, _)) => Err(ApiError::bad_request(format!(
-            "unknown parameter {name:?}{}",
-            if allowed.is_empty() {
-                " (this route takes none)".to_owned()
-            } else {
-                format!(" (known: {})", allowed.join(", "))
-            }
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Every route, with JSON errors for everything that does not match.
+/// The `/v1` routes and the operational ones (health, readiness, OpenAPI, metrics).
 pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
     let upload_multipart = warp::path!("v1" / "jobs")
         .and(warp::post())
@@ -203,29 +156,7 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(metrics)
         .unify()
-        .or(crate::legacy::routes(state))
-        .unify()
-        .recover(recover)
-        .unify()
-        .with(warp::log::custom(|info| {
-            observe::metrics::http_request(
-                route_label(info.method().as_str(), info.path()),
-                info.method().as_str(),
-                info.status().as_u16(),
-                info.elapsed().as_secs_f64(),
-            );
-        }))
-        .map(Reply::into_response)
         .boxed()
-}
-
-/// The answer to an accepted upload: the job, `Location` of its record.
-pub(crate) fn accepted_response(accepted: &Accepted) -> Response {
-    let mut response = json_response(accepted.status, &job_view(&accepted.job));
-    if let Ok(location) = HeaderValue::from_str(&crate::view::job_path(&accepted.job)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -254,45 +185,6 @@ fn check_content_length(state: &IngestState, headers: &HeaderMap) -> Result<(), 
             Err(upload::too_large(state.inner.max_input_bytes))
         }
         _ => Ok(()),
-    }
-}
-
-/// The route template a request path matched (a metrics label: never the raw path, which
-/// holds job ids).
-pub(crate) fn route_label(method: &str, path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    crate::ROUTES
-        .iter()
-        .filter(|(route_method, _)| *route_method == method)
-        .map(|(_, template)| *template)
-        .find(|template| {
-            let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
-            parts.len() == segments.len()
-                && parts
-                    .iter()
-                    .zip(&segments)
-                    .all(|(part, segment)| part.starts_with('{') || part == segment)
-        })
-        .unwrap_or("other")
-}
-
-/// The span of one upload: a child of the caller's trace when it sent a `traceparent`.
-/// Its own `traceparent` travels with the job (queue messages, webhooks).
-pub(crate) fn upload_span(headers: &HeaderMap, route: &'static str) -> tracing::Span {
-    let span = tracing::info_span!("ingest.upload", route, job = tracing::field::Empty);
-    if let Some(parent) = headers
-        .get(observe::trace::TRACEPARENT)
-        .and_then(|value| value.to_str().ok())
-    {
-        observe::trace::set_parent(&span, parent);
-    }
-    span
-}
-
-/// Counts an upload's outcome.
-pub(crate) fn count_upload(result: &Result<Response, ApiError>) {
-    if let Err(err) = result {
-        observe::metrics::upload_rejected(err.code.as_str());
     }
 }
 
@@ -478,20 +370,6 @@ async fn delete_job(
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
-/// Cancels a running job, then deletes its objects and its record.
-pub(crate) async fn remove_job(state: &IngestState, job: &Job) -> Result<(), ApiError> {
-    let backends = state.backends();
-    if !job.state.is_terminal() {
-        pipeline::worker::cancel(backends, &job.id).await?;
-    }
-    for prefix in keys::prefixes(&job.id) {
-        backends.store.delete_prefix(&prefix).await?;
-    }
-    backends.jobs.delete(&job.id).await?;
-    tracing::info!(job = %job.id, "job deleted");
-    Ok(())
-}
-
 async fn download_stem(
     state: IngestState,
     authorization: Option<String>,
@@ -509,129 +387,6 @@ async fn download_stem(
     }
     let job = state.job_of(&tenant, &id).await?;
     serve_stem(&state, &job, &stem, range.as_deref()).await
-}
-
-/// Streams a finished stem: `Content-Type` from its extension, a download name made of the
-/// song's name and the stem, single byte ranges.
-pub(crate) async fn serve_stem(
-    state: &IngestState,
-    job: &Job,
-    stem: &str,
-    range: Option<&str>,
-) -> Result<Response, ApiError> {
-    if job.state != JobState::Done {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "job {} is {}; its stems are ready when it is done",
-                job.id, job.state
-            ),
-        ));
-    }
-    let Some(key) = job.results.get(stem) else {
-        let known: Vec<&str> = job.results.keys().map(String::as_str).collect();
-        return Err(ApiError::not_found(format!(
-            "job {} has no stem {stem:?} (it has: {})",
-            job.id,
-            known.join(", ")
-        )));
-    };
-    let store = &state.backends().store;
-    let size = store
-        .size(key)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("stem {stem} of job {} is gone", job.id)))?;
-    let extension = key.rsplit_once('.').map_or("", |(_, ext)| ext);
-    let content_type = match extension {
-        "wav" => "audio/wav",
-        "flac" => "audio/flac",
-        "mp3" => "audio/mpeg",
-        _ => "application/octet-stream",
-    };
-    let span = match range {
-        Some(range) => Some(parse_range(range, size).ok_or_else(|| {
-            ApiError::bad_request(format!("unsatisfiable range {range:?} for {size} bytes"))
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-        })?),
-        None => None,
-    };
-    let body = store.get_stream(key, span).await?;
-    let mut response = warp::reply::stream(SyncStream::new(body)).into_response();
-    let headers = response.headers_mut();
-    let insert = |headers: &mut HeaderMap, name: header::HeaderName, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    insert(headers, header::CONTENT_TYPE, content_type.to_owned());
-    insert(headers, header::ACCEPT_RANGES, "bytes".to_owned());
-    insert(
-        headers,
-        header::CONTENT_DISPOSITION,
-        format!(
-            "attachment; filename=\"{}\"",
-            download_name(&job.source_name, stem, extension)
-        ),
-    );
-    match span {
-        Some((start, end)) => {
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let headers = response.headers_mut();
-            insert(headers, header::CONTENT_LENGTH, (end - start).to_string());
-            insert(
-                headers,
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", end - 1),
-            );
-        }
-        None => insert(
-            response.headers_mut(),
-            header::CONTENT_LENGTH,
-            size.to_string(),
-        ),
-    }
-    Ok(response)
-}
-
-/// `song - vocals.mp3` from `song.mp3`, in characters safe inside a quoted header value.
-pub(crate) fn download_name(source_name: &str, stem: &str, extension: &str) -> String {
-    let base = source_name
-        .rsplit_once('.')
-        .map_or(source_name, |(base, _)| base);
-    let safe: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " ._()-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let safe = safe.trim();
-    let base = if safe.is_empty() { "stems" } else { safe };
-    format!("{base} - {stem}.{extension}")
-}
-
-/// One range of `bytes=a-b`, `bytes=a-` or `bytes=-n` as `start..end` (end exclusive).
-fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (start, end) = spec.split_once('-')?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let suffix: u64 = suffix.parse().ok()?;
-            (size.saturating_sub(suffix), size)
-        }
-        (start, "") => (start.parse().ok()?, size),
-        (start, end) => (
-            start.parse().ok()?,
-            end.parse::<u64>().ok()?.saturating_add(1).min(size),
-        ),
-    };
-    (start < end).then_some((start, end))
 }
 
 async fn list_models(
@@ -661,51 +416,5 @@ async fn ready(state: IngestState) -> Result<Response, ApiError> {
             "not ready: the backends did not answer in time",
         )
         .with_status(StatusCode::SERVICE_UNAVAILABLE)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_labels_are_templates() {
-        assert_eq!(
-            route_label("GET", "/v1/jobs/0b6c/stems/vocals"),
-            "/v1/jobs/{id}/stems/{stem}"
-        );
-        assert_eq!(route_label("DELETE", "/v1/jobs/x"), "/v1/jobs/{id}");
-        assert_eq!(route_label("POST", "/v1/jobs"), "/v1/jobs");
-        assert_eq!(route_label("GET", "/nope"), "other");
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
-        for bad in [
-            "bytes=100-",
-            "bytes=5-1",
-            "bytes=0-1,3-4",
-            "items=0-1",
-            "bytes=x-",
-        ] {
-            assert_eq!(parse_range(bad, 100), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn download_names_are_header_safe() {
-        assert_eq!(
-            download_name("My Song.mp3", "vocals", "wav"),
-            "My Song - vocals.wav"
-        );
-        assert_eq!(
-            download_name("a\"b;c.flac", "drums", "mp3"),
-            "a_b_c - drums.mp3"
-        );
-        assert_eq!(download_name("", "bass", "wav"), "stems - bass.wav");
     }
 }

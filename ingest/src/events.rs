@@ -16,9 +16,9 @@ use warp::Reply;
 use warp::reply::Response;
 use warp::sse::Event;
 
-use crate::api::tenant;
 use crate::body::SyncStream;
 use crate::error::ApiError;
+use crate::reply::tenant;
 use crate::state::IngestState;
 use crate::view::job_view;
 

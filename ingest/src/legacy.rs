@@ -17,13 +17,12 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::api::{
-    count_upload, json_response, remove_job, respond, serve_stem, tenant, upload_span,
-};
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
+use crate::reply::{count_upload, json_response, respond, tenant, upload_span};
 use crate::state::IngestState;
+use crate::stems::{remove_job, serve_stem};
 use crate::upload::{self, clean_source_name};
 use tracing::Instrument;
 

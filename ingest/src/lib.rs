@@ -11,8 +11,11 @@ mod events;
 mod legacy;
 mod openapi;
 mod options;
+mod reply;
+mod routes;
 mod sniff;
 mod state;
+mod stems;
 mod upload;
 mod view;
 
@@ -25,32 +28,13 @@ pub use auth::{ANONYMOUS_TENANT, KeyDirectory, key_hash};
 pub use error::{ApiError, IngestError, status_for};
 pub use openapi::openapi;
 pub use options::UPLOAD_PARAMETERS;
+pub use routes::ROUTES;
 pub use sniff::sniff;
 pub use state::{IngestState, ModelInfo};
 
-/// Every route the API serves, as (method, OpenAPI path template).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/jobs"),
-    ("GET", "/v1/jobs"),
-    ("GET", "/v1/jobs/{id}"),
-    ("DELETE", "/v1/jobs/{id}"),
-    ("GET", "/v1/jobs/{id}/stems/{stem}"),
-    ("GET", "/v1/jobs/{id}/events"),
-    ("GET", "/v1/models"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/openapi.json"),
-    ("GET", "/metrics"),
-    ("POST", "/apiv1/separate"),
-    ("GET", "/apiv1/queue"),
-    ("GET", "/apiv1/track/{hash}/{track}"),
-    ("GET", "/apiv1/remove/{hash}/{track}"),
-    ("DELETE", "/apiv1/remove/{hash}/{track}"),
-];
-
 /// The routes as a warp filter (for embedding in another server, or `warp::test`).
 pub fn routes(state: IngestState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    api::routes(state)
+    routes::all(state)
 }
 
 /// Listens on `addr` (port 0: any free port) and returns the bound address with the future

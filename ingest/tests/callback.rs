@@ -6,9 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backends::CallbackHook;
 use common::*;
 use hmac::{KeyInit, Mac};
-use pipeline::callback::CallbackHook;
 use pipeline::config::CallbacksConfig;
 use warp::Filter;
 

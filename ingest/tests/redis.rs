@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backends::{RedisJobStore, RedisQueue};
 use common::*;
-use pipeline::backends::{RedisJobStore, RedisQueue};
 
 fn redis_url() -> String {
     std::env::var("MSAAS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())

@@ -2,36 +2,18 @@
 //! ([`init_telemetry`] / [`init_logging`]), Prometheus metrics ([`metrics`]) and the worker
 //! roles' listener ([`serve_metrics`]), W3C trace-context carry ([`trace`]).
 
+mod error;
 mod logging;
 pub mod metrics;
 mod server;
 pub mod trace;
 
+pub use error::ObserveError;
 pub use logging::{
     LogFormat, OtlpProtocol, OtlpSettings, TelemetryGuard, init_logging, init_telemetry,
     init_tracing, json_log_layer, shutdown_tracing,
 };
 pub use server::{ReadyCheck, serve_metrics};
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ObserveError {
-    #[error("invalid log filter {filter:?}: {reason}")]
-    BadFilter { filter: String, reason: String },
-    #[error("a global tracing subscriber is already installed")]
-    AlreadyInstalled,
-    #[error("OTEL_EXPORTER_OTLP_PROTOCOL {0:?} is not supported (use grpc or http/protobuf)")]
-    BadOtlpProtocol(String),
-    #[error("OTLP trace exporter: {0}")]
-    Exporter(String),
-    #[error("OTLP trace export needs a tokio runtime: set up tracing from inside one")]
-    NoRuntime,
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 #[cfg(test)]
 mod tests {

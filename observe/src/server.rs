@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::StatusCode;
 
-use crate::ObserveError;
+use crate::error::ObserveError;
 
 /// Whether the role can do its work now (its backends answer); `/readyz` asks it.
 pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;

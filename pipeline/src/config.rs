@@ -153,14 +153,14 @@ impl std::fmt::Display for Device {
 }
 
 impl std::str::FromStr for Device {
-    type Err = crate::error::CodedError;
+    type Err = audio::error::CodedError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda),
-            _ => Err(crate::error::CodedError::new(
-                crate::error::ErrorCode::InvalidOption,
+            _ => Err(audio::error::CodedError::new(
+                audio::error::ErrorCode::InvalidOption,
                 format!("unknown device {s:?} (expected cpu or cuda)"),
             )),
         }

@@ -1,23 +1,21 @@
-//! The MSaaS spine (DESIGN.md "The flow"): the job record, the stages, the seams
-//! (queue, blob store, job store, event bus) with their embedded backends, and the worker loop.
+//! The MSaaS spine (DESIGN.md "The flow"): the job record, the stages, the seams (queue, blob
+//! store, job store, event bus) and the bundle of them a worker is given, the worker loop, the
+//! janitor, the webhook policy and the configuration. No backend code: the seams'
+//! implementations are the `backends` crate.
 
-pub mod audio;
 pub mod backends;
 pub mod callback;
 pub mod config;
-pub mod error;
 pub mod janitor;
 pub mod job;
-pub mod resample;
 pub mod stage;
 pub mod telemetry;
 pub mod traits;
 pub mod worker;
 
-pub use audio::{Pcm, SourceInfo};
-pub use backends::{Backends, DeadLetter, LocalDirStore, LocalEvents, MemoryJobStore, MemoryQueue};
+pub use audio::{CodedError, ErrorCode, Pcm, SourceInfo};
+pub use backends::Backends;
 pub use config::{Config, ConfigError};
-pub use error::{CodedError, ErrorCode};
 pub use job::{Job, JobId, JobOptions, JobState, OutputFormat, Stage};
 pub use stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
 pub use traits::{BackendError, BlobStore, EventBus, JobStore, StageQueue, TransitionHook};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::SourceInfo;
-use crate::error::{CodedError, ErrorCode};
 use crate::job::{Job, Stage};
 use crate::traits::{BlobStore, Progress};
+use audio::SourceInfo;
+use audio::error::{CodedError, ErrorCode};
 
 /// Reports progress within a stage (e.g. separation chunks). Cheap and non-blocking: the
 /// worker turns it into `progress` events.

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CodedError, ErrorCode};
 use crate::job::{Job, JobId, JobState, Stage};
+use audio::error::{CodedError, ErrorCode};
 
 /// Errors of the backends: which backend failed and why, mapped to a stable code.
 #[derive(Debug, thiserror::Error)]

@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backends::Backends;
-use crate::error::{CodedError, ErrorCode};
 use crate::job::{Job, JobId, JobState, Stage, keys, now_ms};
 use crate::stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
 use crate::traits::{
     BackendError, ByteStream, Delivery, EventKind, JobEvent, Progress, PutOutcome, StageMessage,
 };
+use audio::error::{CodedError, ErrorCode};
 
 /// How a worker claims, retries and gives up. [`crate::config::WorkerConfig`] builds one.
 #[derive(Debug, Clone, PartialEq, Eq)]

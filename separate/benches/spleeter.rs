@@ -22,7 +22,7 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn read_wav(path: &str) -> pipeline::Pcm {
+fn read_wav(path: &str) -> audio::Pcm {
     let mut reader = hound::WavReader::open(path).expect("input WAV");
     let spec = reader.spec();
     let samples: Vec<f32> = match spec.sample_format {
@@ -42,7 +42,7 @@ fn read_wav(path: &str) -> pipeline::Pcm {
     let channels = (0..n)
         .map(|c| samples.iter().skip(c).step_by(n).copied().collect())
         .collect();
-    pipeline::Pcm::new(spec.sample_rate, channels).expect("pcm")
+    audio::Pcm::new(spec.sample_rate, channels).expect("pcm")
 }
 
 fn main() {
@@ -71,8 +71,7 @@ fn main() {
         std::fs::create_dir_all(&out).expect("output dir");
         for (name, stem) in &stems {
             let file = std::fs::File::create(format!("{out}/{name}.wav")).expect("stem file");
-            pipeline::audio::write_wav_f32(stem, std::io::BufWriter::new(file))
-                .expect("write stem");
+            audio::write_wav_f32(stem, std::io::BufWriter::new(file)).expect("write stem");
         }
     }
     println!(

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use audio::ErrorCode;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use pipeline::ErrorCode;
 
 /// The ONNX Runtime release the wheel, the `ort` pin (`api-31`) and `tools/setup` agree on.
 pub const ORT_VERSION: &str = "1.31.1";

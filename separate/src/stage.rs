@@ -16,6 +16,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Listener, RuntimeOptions, SeparateOptions, Separator};
 
+impl SeparateOptions {
+    /// The options of a pipeline job.
+    pub fn from_job(options: &pipeline::JobOptions) -> Self {
+        Self {
+            segment: options.segment,
+            overlap: options.overlap,
+            shifts: options.shifts,
+            seed: 0,
+            stems: options.stems.clone(),
+            two_stems: options.two_stems.clone(),
+        }
+    }
+}
+
 /// Runs the `separate` stage.
 pub struct SeparateStage {
     models_dir: PathBuf,
@@ -57,6 +71,7 @@ impl SeparateStage {
         .await
         .map_err(|e| StageError::new(ErrorCode::Internal, format!("model loading thread: {e}")))?
         .map_err(|e| StageError::from(pipeline::CodedError::from(e)))?;
+        pipeline::telemetry::model_loaded(separator.name(), separator.load_seconds());
         let separator = Arc::new(separator);
         let mut loaded = self
             .loaded
@@ -131,7 +146,7 @@ impl StageHandler for SeparateStage {
                 let _entered = span.enter();
                 let mut listener = listener;
                 let file = std::fs::File::open(&mix_path).map_err(|e| io_error("mix", e))?;
-                let mix = pipeline::audio::read_wav_f32(BufReader::new(file)).map_err(|e| {
+                let mix = audio::read_wav_f32(BufReader::new(file)).map_err(|e| {
                     StageError::new(ErrorCode::CorruptAudio, format!("intermediate mix: {e}"))
                 })?;
                 let stems = worker
@@ -142,7 +157,7 @@ impl StageHandler for SeparateStage {
                 for (name, pcm) in stems {
                     let path = out_dir.join(format!("{name}.wav"));
                     let file = std::fs::File::create(&path).map_err(|e| io_error("stem", e))?;
-                    pipeline::audio::write_wav_f32(&pcm, BufWriter::new(file))
+                    audio::write_wav_f32(&pcm, BufWriter::new(file))
                         .map_err(|e| io_error("stem", e))?;
                     written.push((name, path));
                 }

@@ -175,7 +175,7 @@ fn reports_progress_per_chunk_and_cancels_between_chunks() {
     let err = model
         .separate(&mix, &DemucsOptions::default(), &mut cancelling)
         .expect_err("cancelled");
-    assert_eq!(err.code(), pipeline::ErrorCode::Cancelled);
+    assert_eq!(err.code(), audio::ErrorCode::Cancelled);
     assert_eq!(cancelling.calls.last(), Some(&(2, 4)));
 }
 
@@ -226,14 +226,14 @@ fn bad_options_are_typed_errors() {
             .expect_err("invalid");
         assert_eq!(
             err.code(),
-            pipeline::ErrorCode::InvalidOption,
+            audio::ErrorCode::InvalidOption,
             "{options:?}: {err}"
         );
     }
     let err = model
         .separate(&[vec![0.0; 10]], &DemucsOptions::default(), &mut NoListener)
         .expect_err("mono into a stereo model");
-    assert_eq!(err.code(), pipeline::ErrorCode::UnsupportedFormat);
+    assert_eq!(err.code(), audio::ErrorCode::UnsupportedFormat);
     let err = model
         .separate(
             &[vec![0.5], vec![0.5]],
@@ -241,7 +241,7 @@ fn bad_options_are_typed_errors() {
             &mut NoListener,
         )
         .expect_err("one sample");
-    assert_eq!(err.code(), pipeline::ErrorCode::TooShort);
+    assert_eq!(err.code(), audio::ErrorCode::TooShort);
 }
 
 /// A manifest for a bag of `weights.len()` copies of the tiny graph with these weights.
@@ -290,7 +290,7 @@ fn a_bag_weights_each_source_by_its_models_weights() {
 
     let zero = bag_manifest(dir.path(), &[[1.0, 0.0, 1.0, 1.0]]);
     let err = DemucsModel::load(&zero, &runtime()).expect_err("source without weight");
-    assert_eq!(err.code(), pipeline::ErrorCode::ModelLoadFailed);
+    assert_eq!(err.code(), audio::ErrorCode::ModelLoadFailed);
     assert!(err.to_string().contains("bass"), "{err}");
 }
 
@@ -302,7 +302,7 @@ fn the_separator_facade_runs_demucs_with_two_stems() {
         .separate(&mix, &DemucsOptions::default(), &mut NoListener)
         .expect("direct");
     let separator = separate::Separator::from_manifest(manifest, &runtime()).expect("facade");
-    let pcm = pipeline::Pcm::new(44100, mix).expect("pcm");
+    let pcm = audio::Pcm::new(44100, mix).expect("pcm");
     let options = separate::SeparateOptions {
         two_stems: Some("vocals".into()),
         ..separate::SeparateOptions::default()

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use pipeline::Pcm;
+use audio::Pcm;
 use separate::{Device, Manifest, NoListener, SeparateOptions, Separator, runtime::RuntimeOptions};
 
 fn manifest_path(name: &str) -> PathBuf {
@@ -123,7 +123,7 @@ fn cuda_asked_for_and_unavailable_is_an_error_not_a_cpu_fallback() {
         &options,
     )
     .expect_err("no CUDA here (CPU-only ONNX Runtime)");
-    assert_eq!(err.code(), pipeline::ErrorCode::DeviceUnavailable, "{err}");
+    assert_eq!(err.code(), audio::ErrorCode::DeviceUnavailable, "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use common::Recorder;
 use std::path::PathBuf;
 
-use pipeline::Pcm;
+use audio::Pcm;
 use separate::{NoListener, SeparateError, SeparateOptions, Separator, runtime};
 
 fn fixture_dir() -> PathBuf {
@@ -164,7 +164,7 @@ fn two_stems_and_selection_work_on_a_real_model() {
     let err = separator
         .run(&input, &unknown, &mut NoListener)
         .expect_err("no drums");
-    assert_eq!(err.code(), pipeline::ErrorCode::UnknownStem);
+    assert_eq!(err.code(), audio::ErrorCode::UnknownStem);
     assert!(err.to_string().contains("vocals, accompaniment"), "{err}");
 }
 

@@ -560,7 +560,7 @@ impl Cluster {
     /// in this process too (same values in every test, set before any client exists).
     pub async fn backends(&self) -> pipeline::Backends {
         set_aws_env();
-        pipeline::Backends::connect(&self.config())
+        backends::connect(&self.config())
             .await
             .expect("connect to the private servers")
     }

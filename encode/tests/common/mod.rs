@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use pipeline::Pcm;
+use audio::Pcm;
 
 pub const RATE: u32 = 44_100;
 

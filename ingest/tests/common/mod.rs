@@ -76,7 +76,7 @@ pub async fn start_with(options: Options) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let store_dir = dir.path().join("store");
     let mut backends =
-        Backends::embedded(&store_dir, Duration::from_secs(30)).expect("embedded backends");
+        backends::embedded(&store_dir, Duration::from_secs(30)).expect("embedded backends");
     if let Some((queue, jobs)) = options.queue_and_jobs {
         backends.queue = queue;
         backends.jobs = jobs;

@@ -16,7 +16,7 @@ pub mod spec;
 
 use std::time::{Duration, Instant};
 
-use pipeline::ErrorCode;
+use audio::ErrorCode;
 
 use crate::manifest::Manifest;
 use crate::runtime::{OnnxModel, RuntimeOptions};

@@ -15,7 +15,7 @@ use crate::runtime::{OnnxModel, RuntimeOptions};
 use crate::stft::{Complex32, Stft};
 use crate::{Listener, SeparateError};
 
-use super::{model_error, single_graph, stft_error};
+use super::graph::{model_error, single_graph, stft_error};
 
 #[derive(Debug)]
 pub struct MdxModel {

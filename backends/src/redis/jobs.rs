@@ -1,0 +1,395 @@
+//! [`RedisJobStore`]: job records as Redis hashes, moved by a compare-and-set Lua script on
+//! state + attempt, with a per-tenant index, stale / expired indexes for the janitor, aliases
+//! (idempotency keys, content fingerprints) and the API key directory.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{AsyncCommands, Script};
+use async_trait::async_trait;
+
+use super::client::{check_namespace, connection_manager, open_client, redis_error};
+use pipeline::job::{Job, JobId, JobState};
+use pipeline::traits::{BackendError, JobStore};
+
+static CREATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/create_job.lua")));
+static COMPARE_AND_SET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/compare_and_set.lua")));
+static DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/delete_job.lua")));
+static BIND_ALIAS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/bind_alias.lua")));
+
+/// How long an alias bound before its record exists stays bound unless the record is
+/// created: long enough for any submission, short enough that a crashed one frees its
+/// Idempotency-Key soon.
+const PENDING_ALIAS_TTL: Duration = Duration::from_secs(300);
+/// Records read per round trip when listing.
+const PAGE: usize = 100;
+/// The safety-net expiry of a finished record outlives the retention by this much, so the
+/// janitor (which also deletes the objects) normally gets there first.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+/// The Redis [`JobStore`]. Cheap to clone (shared connection).
+#[derive(Clone)]
+pub struct RedisJobStore {
+    conn: ConnectionManager,
+    namespace: String,
+    retention: Duration,
+}
+
+impl std::fmt::Debug for RedisJobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisJobStore")
+            .field("namespace", &self.namespace)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+fn flag(terminal: bool) -> &'static str {
+    if terminal { "1" } else { "0" }
+}
+
+impl RedisJobStore {
+    /// Connects; `retention` is how long finished records are kept (the expiry set on them
+    /// is this plus a day, as a safety net behind the janitor).
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        retention: Duration,
+    ) -> Result<Self, BackendError> {
+        check_namespace(namespace)?;
+        let client = open_client(url)?;
+        let conn = connection_manager(client).await?;
+        Ok(Self {
+            conn,
+            namespace: namespace.to_owned(),
+            retention,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The tenant an API key belongs to, by the key's SHA-256 (hex): keys are never stored.
+    pub async fn api_key_tenant(
+        &self,
+        key_sha256_hex: &str,
+    ) -> Result<Option<String>, BackendError> {
+        let mut conn = self.conn.clone();
+        conn.hget(self.api_keys_key(), key_sha256_hex.to_ascii_lowercase())
+            .await
+            .map_err(|err| redis_error("HGET api key", err))
+    }
+
+    /// Registers an API key (by its SHA-256, hex) for a tenant.
+    pub async fn add_api_key(
+        &self,
+        tenant: &str,
+        key_sha256_hex: &str,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        conn.hset::<_, _, _, ()>(
+            self.api_keys_key(),
+            key_sha256_hex.to_ascii_lowercase(),
+            tenant,
+        )
+        .await
+        .map_err(|err| redis_error("HSET api key", err))
+    }
+
+    fn api_keys_key(&self) -> String {
+        format!("{}:apikeys", self.namespace)
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.namespace)
+    }
+
+    fn aliases_key(&self, id: &str) -> String {
+        format!("{}:job:{id}:aliases", self.namespace)
+    }
+
+    fn alias_key_prefix(&self) -> String {
+        format!("{}:alias:", self.namespace)
+    }
+
+    fn tenant_key(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}:jobs", self.namespace)
+    }
+
+    fn stale_key(&self) -> String {
+        format!("{}:jobs:stale", self.namespace)
+    }
+
+    fn expired_key(&self) -> String {
+        format!("{}:jobs:expired", self.namespace)
+    }
+
+    fn sequence_key(&self) -> String {
+        format!("{}:jobs:seq", self.namespace)
+    }
+
+    fn expiry_secs(&self) -> u64 {
+        self.retention
+            .saturating_add(EXPIRY_MARGIN)
+            .as_secs()
+            .max(1)
+    }
+
+    fn encode(job: &Job) -> Result<String, BackendError> {
+        serde_json::to_string(job)
+            .map_err(|err| BackendError::Queue(format!("job {} cannot be encoded: {err}", job.id)))
+    }
+
+    fn decode(id: &str, json: &str) -> Result<Job, BackendError> {
+        serde_json::from_str(json).map_err(|err| {
+            BackendError::Queue(format!(
+                "job record {id} in redis is not a valid job: {err}"
+            ))
+        })
+    }
+
+    /// The records of `ids` (in order), skipping ids whose record is gone; also returns
+    /// those ids so an index can drop them.
+    async fn records(&self, ids: &[String]) -> Result<(Vec<Job>, Vec<String>), BackendError> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGET").arg(self.job_key(id)).arg("json");
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("HGET job records", err))?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for (id, json) in ids.iter().zip(found) {
+            match json {
+                Some(json) => jobs.push(Self::decode(id, &json)?),
+                None => gone.push(id.clone()),
+            }
+        }
+        Ok((jobs, gone))
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisJobStore {
+    async fn create(&self, job: &Job) -> Result<(), BackendError> {
+        let id = job.id.as_str();
+        let mut conn = self.conn.clone();
+        let mut invocation = CREATE.key(self.job_key(id));
+        invocation
+            .key(self.tenant_key(&job.tenant))
+            .key(self.stale_key())
+            .key(self.expired_key())
+            .key(self.sequence_key())
+            .key(self.aliases_key(id))
+            .arg(id)
+            .arg(Self::encode(job)?)
+            .arg(job.state.as_str())
+            .arg(job.attempt)
+            .arg(&job.tenant)
+            .arg(job.created_ms)
+            .arg(job.updated_ms)
+            .arg(flag(job.state.is_terminal()))
+            .arg(self.expiry_secs())
+            .arg(self.alias_key_prefix());
+        let created: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("create job", err))?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(BackendError::Conflict(format!("job {id} exists")))
+        }
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, BackendError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn
+            .hget(self.job_key(id.as_str()), "json")
+            .await
+            .map_err(|err| redis_error("HGET job", err))?;
+        json.map(|json| Self::decode(id.as_str(), &json))
+            .transpose()
+    }
+
+    async fn compare_and_set(
+        &self,
+        expected: JobState,
+        expected_attempt: u32,
+        next: &Job,
+    ) -> Result<(), BackendError> {
+        let id = next.id.as_str();
+        let mut conn = self.conn.clone();
+        let mut invocation = COMPARE_AND_SET.key(self.job_key(id));
+        invocation
+            .key(self.stale_key())
+            .key(self.expired_key())
+            .key(self.aliases_key(id))
+            .arg(expected.as_str())
+            .arg(expected_attempt)
+            .arg(Self::encode(next)?)
+            .arg(next.state.as_str())
+            .arg(next.attempt)
+            .arg(next.updated_ms)
+            .arg(flag(next.state.is_terminal()))
+            .arg(id)
+            .arg(self.expiry_secs())
+            .arg(self.alias_key_prefix());
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("compare-and-set job", err))?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("not_found") => Err(BackendError::NotFound(format!("job {id}"))),
+            Some("conflict") => Err(BackendError::Conflict(format!(
+                "job {id} is {} attempt {}, expected {expected} attempt {expected_attempt}",
+                reply.get(1).map_or("?", String::as_str),
+                reply.get(2).map_or("?", String::as_str),
+            ))),
+            _ => Err(BackendError::Queue(format!(
+                "compare-and-set of job {id}: unexpected reply {reply:?}"
+            ))),
+        }
+    }
+
+    async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, BackendError> {
+        let key = self.tenant_key(tenant);
+        let mut jobs = Vec::new();
+        let mut start = 0usize;
+        while jobs.len() < limit {
+            let page = PAGE.min(limit - jobs.len());
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = conn
+                .zrevrange(&key, start as isize, (start + page - 1) as isize)
+                .await
+                .map_err(|err| redis_error("ZREVRANGE tenant jobs", err))?;
+            let fetched = ids.len();
+            let (found, gone) = self.records(&ids).await?;
+            jobs.extend(found);
+            if !gone.is_empty() {
+                // Records that expired without the janitor: drop them from the index.
+                conn.zrem::<_, _, ()>(&key, &gone)
+                    .await
+                    .map_err(|err| redis_error("ZREM tenant jobs", err))?;
+                start += fetched - gone.len();
+            } else {
+                start += fetched;
+            }
+            if fetched < page {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn delete(&self, id: &JobId) -> Result<(), BackendError> {
+        let id = id.as_str();
+        let mut conn = self.conn.clone();
+        let mut invocation = DELETE.key(self.job_key(id));
+        invocation
+            .key(self.aliases_key(id))
+            .key(self.stale_key())
+            .key(self.expired_key())
+            .arg(id)
+            .arg(self.alias_key_prefix())
+            .arg(format!("{}:tenant:", self.namespace))
+            .arg(":jobs");
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|err| redis_error("delete job", err))?;
+        Ok(())
+    }
+
+    async fn expired(
+        &self,
+        ended_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobId>, BackendError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrangebyscore_limit(
+                self.expired_key(),
+                "-inf",
+                format!("({ended_before_ms}"),
+                0,
+                limit as isize,
+            )
+            .await
+            .map_err(|err| redis_error("ZRANGEBYSCORE expired", err))?;
+        Ok(ids.into_iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn stale(&self, updated_before_ms: u64, limit: usize) -> Result<Vec<Job>, BackendError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrangebyscore_limit(
+                self.stale_key(),
+                "-inf",
+                format!("({updated_before_ms}"),
+                0,
+                limit as isize,
+            )
+            .await
+            .map_err(|err| redis_error("ZRANGEBYSCORE stale", err))?;
+        let (jobs, gone) = self.records(&ids).await?;
+        if !gone.is_empty() {
+            conn.zrem::<_, _, ()>(self.stale_key(), &gone)
+                .await
+                .map_err(|err| redis_error("ZREM stale", err))?;
+        }
+        Ok(jobs
+            .into_iter()
+            .filter(|job| !job.state.is_terminal())
+            .collect())
+    }
+
+    async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = BIND_ALIAS.key(format!("{}{alias}", self.alias_key_prefix()));
+        invocation
+            .key(self.aliases_key(id.as_str()))
+            .key(self.job_key(id.as_str()))
+            .arg(id.as_str())
+            .arg(alias)
+            .arg(PENDING_ALIAS_TTL.as_secs());
+        let bound: String = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("bind alias", err))?;
+        bound.parse().map_err(|_| {
+            BackendError::Queue(format!(
+                "alias {alias:?} is bound to {bound:?}, not a job id"
+            ))
+        })
+    }
+
+    async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError> {
+        let mut conn = self.conn.clone();
+        let bound: Option<String> = conn
+            .get(format!("{}{alias}", self.alias_key_prefix()))
+            .await
+            .map_err(|err| redis_error("GET alias", err))?;
+        let Some(bound) = bound else {
+            return Ok(None);
+        };
+        let exists: bool = conn
+            .exists(self.job_key(&bound))
+            .await
+            .map_err(|err| redis_error("EXISTS job", err))?;
+        Ok(if exists { bound.parse().ok() } else { None })
+    }
+}
