@@ -52,7 +52,7 @@ pub async fn bind(
         .local_addr()
         .map_err(|source| IngestError::Bind { addr, source })?;
     state.stop_streams_on(shutdown.clone());
-    let server = warp::serve(api::routes(state))
+    let server = warp::serve(routes::all(state))
         .incoming(listener)
         .graceful(shutdown.cancelled_owned());
     tracing::info!(addr = %local, "ingest listening");
