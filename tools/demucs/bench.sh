@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: msaas (Rust + ONNX Runtime) vs PyTorch demucs.apply.apply_model on
 # the same full-size random-init htdemucs weights, 60 s stereo, shifts=0, overlap 0.25.
-# Needs the reference venv (torch, demucs, onnx; default /opt/refvenv) and ONNX Runtime
+# Needs the reference venv (torch, demucs, onnx; default: the one ./refvenv makes) and ONNX Runtime
 # (tools/setup). Heavy: exports a ~170 MB ONNX and runs minutes; run on demand only.
 #
 #   tools/demucs/bench.sh [WORKDIR]        env: PYTHON, SECONDS_OF_AUDIO, THREADS, SEED
@@ -9,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="${1:-${TMPDIR:-/tmp}/msaas-demucs-bench}"
-python="${PYTHON:-/opt/refvenv/bin/python}"
+python="${PYTHON:-$("$here/refvenv")}"
 seconds="${SECONDS_OF_AUDIO:-60}"
 threads="${THREADS:-$(nproc)}"
 seed="${SEED:-7}"

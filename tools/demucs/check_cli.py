@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end check of `msaas run` with an exported random-init demucs against PyTorch.
 
-    /opt/refvenv/bin/python tools/demucs/check_cli.py --msaas target/debug/msaas \
+    "$(tools/demucs/refvenv)" tools/demucs/check_cli.py --msaas target/debug/msaas \
         [--model-dir separate/tests/fixtures/demucs/tiny --seed 1234] [--seconds 2.29]
 
 Makes a fresh input (never seen by the tests), runs `msaas run IN --model DIR/manifest.toml

@@ -4,7 +4,7 @@ what the Python reference makes of it with the committed tiny model
 (separate/tests/fixtures/demucs/tiny, rebuilt here from the same seed), for the end-to-end
 test of `msaas run --model <manifest> --format wav --wav-format f32`.
 
-    /opt/refvenv/bin/python tools/demucs/make_cli_fixture.py
+    "$(tools/demucs/refvenv)" tools/demucs/make_cli_fixture.py
 
 The expected stems are stored as 16-bit WAV scaled by `scale` (see expected.toml): exact to
 peak/65534, far inside the test's 1e-4-of-peak tolerance.

@@ -2,7 +2,7 @@
 """Regenerate separate/tests/fixtures/demucs: a tiny random HTDemucs (ONNX + manifest), an
 input clip and the output of the Python reference on it, for several chunking settings.
 
-    /opt/refvenv/bin/python tools/demucs/make_fixture.py [--out separate/tests/fixtures/demucs]
+    "$(tools/demucs/refvenv)" tools/demucs/make_fixture.py [--out separate/tests/fixtures/demucs]
 
 Reference = `demucs.api.Separator`'s normalisation around `demucs.apply.apply_model(bag, mix,
 shifts=0, split=True, overlap=..., segment=...)` on the very weights that were exported.
