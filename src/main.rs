@@ -31,8 +31,9 @@ struct Cli {
 enum Command {
     /// Separate audio files into stems, in this process, with no servers.
     Run(run::RunArgs),
-    /// List the installed models and their stems.
-    Models,
+    /// The installed models and their stems; `models pull NAME` / `models import FILE...`
+    /// install Demucs without PyTorch.
+    Models(models::ModelsArgs),
     /// The whole service in one process: HTTP API, a worker per stage, janitor.
     Serve(roles::ServeArgs),
     /// The HTTP API only (plus the janitor), for one role per pod.
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(cli.config.as_deref(), args).await,
-            Command::Models => models::list(cli.config.as_deref()),
+            Command::Models(args) => models::run(cli.config.as_deref(), args).await,
             Command::Serve(args) => roles::serve(cli.config.as_deref(), args).await,
             Command::Ingest(args) => roles::ingest(cli.config.as_deref(), args).await,
             Command::Worker(args) => roles::worker(cli.config.as_deref(), args).await,

@@ -99,9 +99,11 @@ impl OptionInput {
                     .map(|model| model.name.as_str())
                     .collect();
                 ApiError::invalid_option(format!(
-                    "unknown model {:?} (available: {})",
+                    "unknown model {:?} (available: {}); an operator installs more with \
+                     `msaas models pull {}` (`msaas models` lists what can be pulled)",
                     options.model,
-                    known.join(", ")
+                    known.join(", "),
+                    options.model
                 ))
             })?;
             Some(model.sources.clone())

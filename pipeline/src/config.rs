@@ -48,6 +48,8 @@ pub const DEFAULT_FILE: &str = "msaas.toml";
 pub const ENV_PREFIX: &str = "MSAAS_";
 /// The ONNX Runtime library the default layout holds (`$MSAAS_HOME/lib/…`).
 pub const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+/// The converter venv's interpreter under `home`, as `tools/setup` makes it.
+pub const CONVERTER_PYTHON: &str = "venv/bin/python";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,6 +117,18 @@ pub struct ModelsConfig {
     pub device: Device,
     /// Intra-op threads per model run; unset: every core.
     pub threads: Option<usize>,
+    /// Python with numpy + onnx that `models pull|import` converts with; empty:
+    /// `{home}/venv/bin/python` (made by `tools/setup`).
+    pub converter_python: PathBuf,
+    /// Base URL replacing Hugging Face for `models pull` (a mirror: `URL/<repo>/resolve/main/<file>`).
+    pub pull_from: Option<String>,
+    /// Base URL replacing the legacy Demucs host (`URL/hybrid_transformer/<sig>-<sha8>.th`).
+    pub legacy_from: Option<String>,
+    /// A catalogue file replacing the built-in list of pullable models.
+    pub catalogue: Option<PathBuf>,
+    /// Where `models pull` keeps partial downloads (resumed by the next pull); empty:
+    /// `{home}/cache/downloads`.
+    pub download_dir: PathBuf,
 }
 
 impl Default for ModelsConfig {
@@ -125,6 +139,11 @@ impl Default for ModelsConfig {
             ort_library: PathBuf::new(),
             device: Device::Cpu,
             threads: None,
+            converter_python: PathBuf::new(),
+            pull_from: None,
+            legacy_from: None,
+            catalogue: None,
+            download_dir: PathBuf::new(),
         }
     }
 }
@@ -456,6 +475,12 @@ impl Config {
         if self.models.ort_library.as_os_str().is_empty() {
             self.models.ort_library = self.home.join("lib").join(ORT_LIBRARY_FILE);
         }
+        if self.models.converter_python.as_os_str().is_empty() {
+            self.models.converter_python = self.home.join(CONVERTER_PYTHON);
+        }
+        if self.models.download_dir.as_os_str().is_empty() {
+            self.models.download_dir = self.home.join("cache").join("downloads");
+        }
         if self.storage.dir.as_os_str().is_empty() {
             self.storage.dir = self.home.join("data");
         }
@@ -575,6 +600,16 @@ impl Config {
                 &self.models.default_model,
                 "must name a model",
             );
+        }
+        for (key, url) in [
+            ("models.pull_from", &self.models.pull_from),
+            ("models.legacy_from", &self.models.legacy_from),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problem(key, url, "must be an http:// or https:// base URL");
+            }
         }
         if self.models.threads == Some(0) {
             problem(
@@ -782,6 +817,18 @@ impl Config {
 
     pub fn models_dir(&self) -> PathBuf {
         or_under_home(&self.models.dir, || self.home_dir().join("models"))
+    }
+
+    pub fn download_dir(&self) -> PathBuf {
+        or_under_home(&self.models.download_dir, || {
+            self.home_dir().join("cache").join("downloads")
+        })
+    }
+
+    pub fn converter_python(&self) -> PathBuf {
+        or_under_home(&self.models.converter_python, || {
+            self.home_dir().join(CONVERTER_PYTHON)
+        })
     }
 
     pub fn ort_library(&self) -> PathBuf {
