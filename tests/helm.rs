@@ -848,3 +848,185 @@ fn chart_dashboards_are_copies_of_observe_dashboards() {
         assert_eq!(rendered, original, "{file}");
     }
 }
+
+/// `args` of a container as strings.
+fn args_of(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .map(|args| args.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn init_containers(pod: &Value) -> Vec<&Value> {
+    pod["initContainers"]
+        .as_array()
+        .map(|list| list.iter().collect())
+        .unwrap_or_default()
+}
+
+/// The volume mounted at `/models` in `container`, with whether it is read-only.
+fn models_mount(container: &Value) -> Option<bool> {
+    container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|mount| mount["mountPath"] == "/models")
+        .map(|mount| mount["readOnly"].as_bool().unwrap_or(false))
+}
+
+/// The models provisioning Jobs (the chart has others, e.g. MinIO's bucket hook).
+fn models_jobs(docs: &[Value]) -> Vec<&Value> {
+    of_kind(docs, "Job")
+        .into_iter()
+        .filter(|job| job["metadata"]["labels"]["app.kubernetes.io/component"] == "models")
+        .collect()
+}
+
+#[test]
+fn models_are_provisioned_once_into_a_shared_volume_the_readers_mount_read_only() {
+    // Off by default: nothing rendered, no pod mounts a models volume.
+    let plain = render(&[], &[]);
+    assert!(models_jobs(&plain).is_empty());
+    assert!(of_kind(&plain, "PersistentVolumeClaim").is_empty());
+    for (workload, pod) in pod_specs(&plain) {
+        for container in containers(pod) {
+            assert_eq!(models_mount(container), None, "{workload}");
+        }
+    }
+
+    let docs = render(
+        &[],
+        &[
+            "models.pull={htdemucs,htdemucs_6s}",
+            "models.pullFrom=https://mirror.example.invalid/hf",
+        ],
+    );
+    let claims = of_kind(&docs, "PersistentVolumeClaim");
+    assert_eq!(claims.len(), 1, "one shared volume");
+    let claim = claims[0];
+    assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteMany");
+    assert_eq!(
+        claim["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let jobs = models_jobs(&docs);
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one provisioning Job per cluster, not one per pod"
+    );
+    let job = &jobs[0]["spec"]["template"]["spec"];
+    let steps = init_containers(job);
+    let pulls: Vec<Vec<&str>> = steps
+        .iter()
+        .map(|step| args_of(step))
+        .filter(|args| args.starts_with(&["models", "pull"]))
+        .collect();
+    assert_eq!(pulls.len(), 2, "one pull per model: {pulls:?}");
+    for (args, model) in pulls.iter().zip(["htdemucs", "htdemucs_6s"]) {
+        assert_eq!(args[2], model);
+        assert!(args.contains(&"--skip-installed"), "{args:?}");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--from", "https://mirror.example.invalid/hf"]),
+            "{args:?}"
+        );
+    }
+    for step in steps.iter().chain(containers(job).iter()) {
+        assert_eq!(models_mount(step), Some(false), "the Job writes the volume");
+        assert_eq!(env_value(step, "MSAAS_MODELS__DIR"), Some("/models"));
+    }
+    let done = containers(job)[0];
+    let marker = args_of(done)
+        .concat()
+        .split_whitespace()
+        .find(|word| word.starts_with("/models/.provisioned-"))
+        .map(str::to_owned)
+        .expect("the Job leaves a marker");
+    let job_name = name(jobs[0]);
+    assert!(
+        job_name.ends_with(marker.trim_start_matches("/models/.provisioned-")),
+        "the Job's name carries the same hash as its marker: {job_name} / {marker}"
+    );
+
+    // Readers mount it read-only and wait for the marker; the others do not mount it.
+    for role in ROLES {
+        let pod = &deployment(&docs, role)["spec"]["template"]["spec"];
+        let reads = matches!(role, "ingest" | "separate");
+        let container = the_container(deployment(&docs, role));
+        assert_eq!(
+            models_mount(container),
+            reads.then_some(true),
+            "{role}: read-only models volume only where models are read"
+        );
+        assert_eq!(
+            env_value(container, "MSAAS_MODELS__DIR"),
+            reads.then_some("/models"),
+            "{role}"
+        );
+        let waits = init_containers(pod)
+            .iter()
+            .any(|init| args_of(init).concat().contains(&format!("[ -f {marker} ]")));
+        assert_eq!(waits, reads, "{role}: waits for this Job's marker");
+    }
+
+    // A different list is a different Job (its pod spec is immutable) and marker.
+    let other = render(&[], &["models.pull={htdemucs}"]);
+    assert_ne!(name(models_jobs(&other)[0]), job_name);
+
+    // An existing claim is used as it is; imports read a second claim read-only.
+    let docs = render(
+        &[],
+        &[
+            "models.volume.existingClaim=shared-models",
+            "models.import.existingClaim=checkpoints",
+            "models.import.models[0].name=htdemucs",
+            "models.import.models[0].files={htdemucs/htdemucs.yaml}",
+        ],
+    );
+    assert!(of_kind(&docs, "PersistentVolumeClaim").is_empty());
+    let job = &models_jobs(&docs)[0]["spec"]["template"]["spec"];
+    let import = init_containers(job)
+        .into_iter()
+        .find(|step| args_of(step).starts_with(&["models", "import"]))
+        .expect("an import step");
+    assert_eq!(
+        args_of(import),
+        [
+            "models",
+            "import",
+            "--name",
+            "htdemucs",
+            "/import/htdemucs/htdemucs.yaml"
+        ]
+    );
+    let volumes = job["volumes"].as_array().expect("volumes");
+    let claim_of = |volume: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == volume)
+            .map(|v| v["persistentVolumeClaim"]["claimName"].clone())
+    };
+    assert_eq!(claim_of("models"), Some(Value::from("shared-models")));
+    assert_eq!(claim_of("import"), Some(Value::from("checkpoints")));
+    let separate = &deployment(&docs, "separate")["spec"]["template"]["spec"];
+    let volume = separate["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "models"))
+        .expect("separate mounts the models volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        "shared-models"
+    );
+    assert_eq!(volume["persistentVolumeClaim"]["readOnly"], true);
+
+    // Bad values are refused by the schema.
+    for bad in ["models.pull={../etc}", "models.pullFrom=ftp://x"] {
+        let output = helm()
+            .args(["template", RELEASE])
+            .arg(chart())
+            .args(["--set", bad])
+            .output()
+            .expect("run helm template");
+        assert!(!output.status.success(), "accepted --set {bad}");
+    }
+}

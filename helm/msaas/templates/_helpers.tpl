@@ -323,3 +323,97 @@ matchExpressions:
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/* Models provisioning (values.models): on when anything is to be pulled or imported. */}}
+{{- define "msaas.modelsProvisioned" -}}
+{{- if or .Values.models.pull .Values.models.import.models -}}true{{- end -}}
+{{- end -}}
+
+{{/* Changes whenever what is provisioned changes: names the Job (Jobs are immutable) and the
+     marker it leaves, which the consuming pods wait for. */}}
+{{- define "msaas.modelsHash" -}}
+{{- pick .Values.models "pull" "pullFrom" "legacyFrom" "import" | toJson | sha256sum | trunc 10 -}}
+{{- end -}}
+
+{{- define "msaas.modelsClaim" -}}
+{{- default (printf "%s-models" (include "msaas.fullname" .)) .Values.models.volume.existingClaim -}}
+{{- end -}}
+
+{{- define "msaas.modelsImage" -}}
+{{- printf "%s:%s" .Values.models.image.repository (default .Chart.AppVersion .Values.models.image.tag) -}}
+{{- end -}}
+
+{{/* What a model-reading pod (ingest, separate) adds: the shared volume, read-only, as
+     models.dir, and an init container that waits for the provisioning Job's marker. */}}
+{{- define "msaas.modelsEnv" -}}
+{{- if include "msaas.modelsProvisioned" . }}
+- name: MSAAS_MODELS__DIR
+  value: /models
+{{- end }}
+{{- end -}}
+
+{{- define "msaas.modelsMounts" -}}
+{{- if include "msaas.modelsProvisioned" . }}
+- name: models
+  mountPath: /models
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "msaas.modelsVolumes" -}}
+{{- if include "msaas.modelsProvisioned" . }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "msaas.modelsClaim" . }}
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "msaas.modelsWait" -}}
+{{- if include "msaas.modelsProvisioned" . }}
+- name: wait-for-models
+  image: {{ include "msaas.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["/bin/sh", "-c"]
+  args:
+    - until [ -f /models/.provisioned-{{ include "msaas.modelsHash" . }} ]; do echo "waiting for the {{ include "msaas.fullname" . }}-models Job"; sleep 5; done
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {memory: 32Mi}
+  volumeMounts:
+    - name: models
+      mountPath: /models
+      readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* What every step of the models Job shares: env, resources, hardening, mounts. */}}
+{{- define "msaas.modelsStep" -}}
+env:
+  - name: MSAAS_LOG
+    value: {{ .Values.config.logLevel | quote }}
+  - name: MSAAS_HOME
+    value: /opt/msaas
+  - name: XDG_CACHE_HOME
+    value: /var/cache/msaas
+  - name: MSAAS_MODELS__DIR
+    value: /models
+  # Downloads resume from here after a restart of the step.
+  - name: MSAAS_MODELS__DOWNLOAD_DIR
+    value: /models/.downloads
+resources:
+  {{- toYaml .Values.models.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: models
+    mountPath: /models
+  {{- if .Values.models.import.models }}
+  - name: import
+    mountPath: /import
+    readOnly: true
+  {{- end }}
+  {{- include "msaas.scratchMounts" . | nindent 2 }}
+{{- end -}}
