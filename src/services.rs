@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 /// Adds the hooks every role runs (webhooks, metrics).
 pub fn install_hooks(backends: Backends, config: &Config) -> Backends {
     backends
-        .with_hook(Arc::new(backends::CallbackHook::new(&config.callbacks)))
+        .with_hook(Arc::new(backends::CallbackHook::new(
+            &config.callbacks,
+            pipeline::callback::TargetPolicy::for_config(config),
+        )))
         .with_hook(Arc::new(pipeline::telemetry::MetricsHook::new()))
 }
 

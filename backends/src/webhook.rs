@@ -1,12 +1,16 @@
 //! Webhook delivery (policy in `pipeline::callback`): the job JSON POSTed to the job's
 //! `callback_url` when it ends, retried with exponential backoff; always spawned, so a slow or
-//! dead receiver never holds up the pipeline.
+//! dead receiver never holds up the pipeline. Targets are held to the
+//! [`TargetPolicy`] again at delivery: a literal address before sending, and every address a
+//! name resolves to when connecting (so a name re-pointed inward after submit is refused).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pipeline::callback::{
-    ATTEMPT_HEADER, EVENT_HEADER, JOB_ID_HEADER, SIGNATURE_HEADER, signature, terminal_event_name,
+    ATTEMPT_HEADER, EVENT_HEADER, JOB_ID_HEADER, SIGNATURE_HEADER, TargetPolicy, signature,
+    terminal_event_name,
 };
 use pipeline::config::CallbacksConfig;
 use pipeline::traits::{JobEvent, TransitionHook};
@@ -28,6 +32,7 @@ struct Inner {
     secret: Option<Vec<u8>>,
     max_attempts: u32,
     backoff_base: Duration,
+    policy: TargetPolicy,
 }
 
 impl std::fmt::Debug for CallbackHook {
@@ -40,10 +45,15 @@ impl std::fmt::Debug for CallbackHook {
 }
 
 impl CallbackHook {
-    pub fn new(config: &CallbacksConfig) -> Self {
+    pub fn new(config: &CallbacksConfig, policy: TargetPolicy) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms.max(1)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect on our behalf to addresses the resolver never sees.
+            .no_proxy()
+            .dns_resolver(PolicyResolver {
+                policy: policy.clone(),
+            })
             .user_agent(concat!("msaas-callback/", env!("CARGO_PKG_VERSION")))
             .build();
         let client = match client {
@@ -63,6 +73,7 @@ impl CallbackHook {
                     .map(|secret| secret.as_bytes().to_vec()),
                 max_attempts: config.max_attempts.max(1),
                 backoff_base: Duration::from_millis(config.backoff_base_ms),
+                policy,
             }),
         }
     }
@@ -131,6 +142,12 @@ impl CallbackHook {
             tracing::warn!(job = %delivery.job_id, "webhook client unavailable: callback dropped");
             return;
         };
+        // The job was checked at submit; the policy may have changed since, and an address
+        // literal never reaches the resolver.
+        if let Err(reason) = self.inner.policy.check_url(&delivery.url) {
+            tracing::warn!(job = %delivery.job_id, %reason, "callback refused by the target policy");
+            return;
+        }
         let max_attempts = self.inner.max_attempts;
         for attempt in 1..=max_attempts {
             let mut request = client
@@ -175,18 +192,142 @@ impl CallbackHook {
     }
 }
 
+/// Resolves a webhook's host and keeps only the addresses the [`TargetPolicy`] allows; the
+/// connection is made to one of those, never to an address resolved again later.
+struct PolicyResolver {
+    policy: TargetPolicy,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let allowed = resolve_allowed(&policy, &host).await?;
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The addresses `host` resolves to that `policy` allows; an error when there are none.
+async fn resolve_allowed(
+    policy: &TargetPolicy,
+    host: &str,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
+        .into_iter()
+        .partition(|addr| policy.allows_address(host, addr.ip()));
+    if allowed.is_empty() {
+        let refused: Vec<String> = refused.iter().map(|a| a.ip().to_string()).collect();
+        return Err(format!(
+            "{host} resolves only to addresses webhooks may not reach ({})",
+            refused.join(", ")
+        )
+        .into());
+    }
+    Ok(allowed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let hook = CallbackHook::new(&CallbacksConfig {
-            backoff_base_ms: 100,
-            ..CallbacksConfig::default()
-        });
+        let hook = CallbackHook::new(
+            &CallbacksConfig {
+                backoff_base_ms: 100,
+                ..CallbacksConfig::default()
+            },
+            TargetPolicy::default(),
+        );
         assert_eq!(hook.backoff(1), Duration::from_millis(100));
         assert_eq!(hook.backoff(3), Duration::from_millis(400));
         assert_eq!(hook.backoff(40), MAX_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn names_are_held_to_the_policy_on_every_resolved_address() {
+        let strict = TargetPolicy::default();
+        let err = resolve_allowed(&strict, "localhost").await.unwrap_err();
+        assert!(
+            err.to_string().contains("127.0.0.1") || err.to_string().contains("::1"),
+            "{err}"
+        );
+        let laptop = TargetPolicy {
+            allow_loopback: true,
+            ..TargetPolicy::default()
+        };
+        let allowed = resolve_allowed(&laptop, "localhost").await.unwrap();
+        assert!(allowed.iter().all(|a| a.ip().is_loopback()), "{allowed:?}");
+        let listed = TargetPolicy {
+            allow_hosts: vec!["localhost".into()],
+            ..TargetPolicy::default()
+        };
+        assert!(
+            !resolve_allowed(&listed, "localhost")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A receiver on loopback that counts requests.
+    async fn counting_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                use tokio::io::AsyncWriteExt;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (format!("localhost:{port}"), hits)
+    }
+
+    #[tokio::test]
+    async fn a_delivery_never_connects_where_the_policy_forbids() {
+        let (authority, hits) = counting_receiver().await;
+        let config = CallbacksConfig {
+            max_attempts: 1,
+            timeout_ms: 2_000,
+            ..CallbacksConfig::default()
+        };
+        let delivery = |url: String| Delivery {
+            url,
+            event: "done",
+            job_id: "j".into(),
+            signature: None,
+            traceparent: None,
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        // By name (as if re-pointed inward after submit) and by literal: refused, no connection.
+        let strict = CallbackHook::new(&config, TargetPolicy::default());
+        strict
+            .deliver(delivery(format!("http://{authority}/h")))
+            .await;
+        let port = authority.rsplit(':').next().unwrap();
+        strict
+            .deliver(delivery(format!("http://127.0.0.1:{port}/h")))
+            .await;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Allowed: delivered.
+        let listed = CallbackHook::new(
+            &config,
+            TargetPolicy {
+                allow_hosts: vec!["localhost".into()],
+                ..TargetPolicy::default()
+            },
+        );
+        listed
+            .deliver(delivery(format!("http://{authority}/h")))
+            .await;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -146,6 +146,11 @@ impl OptionInput {
             options.output.sample_format = SampleFormat::from_str(sample_format)?;
         }
         if let Some(url) = get("callback_url") {
+            state
+                .inner
+                .callbacks
+                .check_url(url)
+                .map_err(ApiError::invalid_option)?;
             options.callback_url = Some(url.to_owned());
         }
         options.validate()?;

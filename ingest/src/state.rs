@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pipeline::callback::TargetPolicy;
 use pipeline::{Backends, Config, Job, JobId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     pub default_model: String,
     pub max_input_bytes: u64,
     pub dedup: bool,
+    /// Where `callback_url` may point.
+    pub callbacks: TargetPolicy,
     pub auth: Auth,
     /// Cancelled when the server shuts down: ends event streams so the graceful shutdown
     /// does not wait for them.
@@ -70,6 +73,7 @@ impl IngestState {
                 default_model: config.models.default_model.clone(),
                 max_input_bytes: config.limits.max_input_bytes,
                 dedup: config.jobs.dedup,
+                callbacks: TargetPolicy::for_config(config),
                 auth,
                 shutdown: CancellationToken::new(),
             }),

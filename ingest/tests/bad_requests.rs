@@ -132,6 +132,66 @@ async fn every_bad_request_is_refused_with_its_code_and_queues_nothing() {
             code: "invalid_option",
         },
         Case {
+            name: "callback to cloud metadata",
+            request: post("?callback_url=http%3A%2F%2F169.254.169.254%2Flatest%2Fmeta-data%2F")
+                .body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback to metadata in decimal",
+            request: post("?callback_url=http%3A%2F%2F2852039166%2F").body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback to metadata as mapped IPv6",
+            request: post("?callback_url=http%3A%2F%2F%5B%3A%3Affff%3A169.254.169.254%5D%2F")
+                .body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback to a private address",
+            request: post("?callback_url=http%3A%2F%2F10.0.0.7%3A6379%2F").body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback without a host",
+            request: post("?callback_url=http%3A%2F%2F").body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback with a space",
+            request: post("?callback_url=http%3A%2F%2Fa%20b%2F").body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback with CR LF",
+            request: post("?callback_url=http%3A%2F%2Fexample.com%2F%0D%0AX-Injected%3A%201")
+                .body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "callback with credentials",
+            request: post("?callback_url=http%3A%2F%2Fu%3Ap%40example.com%2F").body(wav_body(100)),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
+            name: "legacy callback to cloud metadata",
+            request: client
+                .post(server.url("/apiv1/separate"))
+                .header("authorization", auth.clone())
+                .body(r#"{"mp3":"UklGRg==","callback":"http://169.254.169.254/"}"#),
+            status: 422,
+            code: "invalid_option",
+        },
+        Case {
             name: "unknown parameter",
             request: post("?modle=tiny").body(wav_body(100)),
             status: 400,

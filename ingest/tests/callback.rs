@@ -9,6 +9,7 @@ use std::time::Duration;
 use backends::CallbackHook;
 use common::*;
 use hmac::{KeyInit, Mac};
+use pipeline::callback::TargetPolicy;
 use pipeline::config::CallbacksConfig;
 use warp::Filter;
 
@@ -69,12 +70,18 @@ async fn receiver() -> (
 #[tokio::test]
 async fn done_job_is_posted_signed_and_retried_after_a_500() {
     let (url, received, stop) = receiver().await;
-    let hook = CallbackHook::new(&CallbacksConfig {
+    let config = CallbacksConfig {
         secret: Some(SECRET.into()),
         max_attempts: 3,
         timeout_ms: 2_000,
         backoff_base_ms: 50,
-    });
+        ..CallbacksConfig::default()
+    };
+    // Embedded mode: the receiver on loopback is allowed.
+    let hook = CallbackHook::new(
+        &config,
+        TargetPolicy::for_config(&pipeline::Config::default()),
+    );
     let server = start_with(Options {
         hooks: vec![Arc::new(hook)],
         ..Options::default()

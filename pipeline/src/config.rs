@@ -396,6 +396,14 @@ pub struct CallbacksConfig {
     pub max_attempts: u32,
     pub timeout_ms: u64,
     pub backoff_base_ms: u64,
+    /// Allow webhook targets inside the network: loopback, private, link-local (metadata),
+    /// unique-local addresses. Off: only public addresses (embedded mode also allows loopback).
+    pub allow_private: bool,
+    /// Hosts webhooks may reach whatever they resolve to (names or address literals).
+    pub allow_hosts: Vec<String>,
+    /// Distributed mode refuses `callback_url` while deliveries would be unsigned (no
+    /// `secret`); this opts out of that.
+    pub allow_unsigned: bool,
 }
 
 impl Default for CallbacksConfig {
@@ -405,6 +413,9 @@ impl Default for CallbacksConfig {
             max_attempts: 6,
             timeout_ms: 10_000,
             backoff_base_ms: 1_000,
+            allow_private: false,
+            allow_hosts: Vec::new(),
+            allow_unsigned: false,
         }
     }
 }
