@@ -4,6 +4,7 @@
 //! The catalogue, the checks, the conversion and the atomic install are `separate::catalogue`;
 //! this file is the command line and the downloads.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,6 +102,9 @@ pub async fn run(config_path: Option<&Path>, args: ModelsArgs) -> anyhow::Result
 fn list(config: &Config, catalogue: &Catalogue) -> anyhow::Result<ExitCode> {
     let dir = config.models_dir();
     let names = separate::installed_models(&dir);
+    // The listing is written in one piece at the end: a reader that stops early (`| head`,
+    // `| grep -q`) then costs nothing, where line-by-line printing would hit a closed pipe.
+    let mut out = String::new();
     let mut broken = false;
     if names.is_empty() {
         eprintln!(
@@ -110,7 +114,7 @@ fn list(config: &Config, catalogue: &Catalogue) -> anyhow::Result<ExitCode> {
             config.models.default_model
         );
     } else {
-        println!("installed in {}:", dir.display());
+        let _ = writeln!(out, "installed in {}:", dir.display());
     }
     for name in &names {
         let default = if *name == config.models.default_model {
@@ -119,19 +123,22 @@ fn list(config: &Config, catalogue: &Catalogue) -> anyhow::Result<ExitCode> {
             ""
         };
         match separate::Manifest::load(&dir.join(name).join("manifest.toml")) {
-            Ok(manifest) => println!(
-                "  {name}{default}\t{}\t{}\t{}",
-                manifest.family.as_str(),
-                manifest.sources.join(","),
-                human_bytes(folder_bytes(&dir.join(name))),
-            ),
+            Ok(manifest) => {
+                _ = writeln!(
+                    out,
+                    "  {name}{default}\t{}\t{}\t{}",
+                    manifest.family.as_str(),
+                    manifest.sources.join(","),
+                    human_bytes(folder_bytes(&dir.join(name))),
+                )
+            }
             Err(err) => {
                 broken = true;
                 eprintln!("error: model {name}: {err}");
             }
         }
     }
-    println!("can be pulled (`msaas models pull NAME`):");
+    let _ = writeln!(out, "can be pulled (`msaas models pull NAME`):");
     for model in &catalogue.models {
         let state = match (&model.unsupported, names.contains(&model.name)) {
             (Some(_), _) => "not supported".to_owned(),
@@ -145,14 +152,16 @@ fn list(config: &Config, catalogue: &Catalogue) -> anyhow::Result<ExitCode> {
             .hf_repo
             .as_deref()
             .map_or_else(|| "legacy host".to_owned(), |repo| format!("hf:{repo}"));
-        println!(
+        let _ = writeln!(
+            out,
             "  {}\t{}\t{state}\t{source}\t{}",
             model.name,
             model.sources.join(","),
             model.unsupported.as_deref().unwrap_or(&model.description)
         );
     }
-    println!("weights: {WEIGHTS_LICENCE}");
+    let _ = writeln!(out, "weights: {WEIGHTS_LICENCE}");
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
     // Exit status 1 when nothing is installed: scripts ask "is there a model?" this way.
     Ok(if broken || names.is_empty() {
         ExitCode::from(1)
