@@ -303,7 +303,7 @@ fn job_options(args: &RunArgs, config: &Config) -> anyhow::Result<JobOptions> {
         segment: args.segment,
         overlap: args.overlap,
         shifts: args.shifts,
-        callback_url: None,
+        ..JobOptions::default()
     };
     options
         .validate()

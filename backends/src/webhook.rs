@@ -103,7 +103,7 @@ impl TransitionHook for CallbackHook {
             tracing::warn!(job = %job.id, "no async runtime: callback not delivered");
             return;
         };
-        let body = match serde_json::to_vec(job) {
+        let body = match pipeline::callback::body(job) {
             Ok(body) => body,
             Err(err) => {
                 tracing::warn!(job = %job.id, %err, "job not serializable: callback not delivered");

@@ -112,6 +112,8 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .and(with_state(state.clone()))
         .and(authorization())
         .then(|state, auth| async move { respond(list_models(state, auth).await) });
+    // The replaced service answered `/` with a page load balancers probed; so does this one.
+    let index = warp::path::end().and(warp::get()).map(index_page);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, &json!({"status": "ok"})));
@@ -148,6 +150,8 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .boxed()
         .or(models)
         .unify()
+        .or(index)
+        .unify()
         .or(healthz)
         .unify()
         .or(readyz)
@@ -157,19 +161,6 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .or(metrics)
         .unify()
         .boxed()
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => {
-            let key = value
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
-            upload::check_idempotency_key(key)?;
-            Ok(Some(key.to_owned()))
-        }
-    }
 }
 
 /// 413 at once when the declared length is over the limit, before reading the body.
@@ -227,13 +218,13 @@ async fn upload_raw(
     }
     let options = input.build(&state)?;
     check_content_length(&state, &headers)?;
-    let idempotency = idempotency_key(&headers)?;
-    if let Some(accepted) = upload::replay(&state, &tenant, idempotency.as_deref()).await? {
+    let aliases = upload::idempotency_aliases(&tenant, &headers)?;
+    if let Some(accepted) = upload::replay(&state, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
     let name = clean_source_name(input.filename());
     let stored = upload::store(&state, &tenant, options, name, body).await?;
-    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
+    let accepted = upload::commit(&state, stored, &aliases).await?;
     Ok(accepted_response(&accepted))
 }
 
@@ -248,8 +239,8 @@ async fn upload_multipart(
     let mut input = OptionInput::from_pairs(query)?;
     input.build(&state)?;
     check_content_length(&state, &headers)?;
-    let idempotency = idempotency_key(&headers)?;
-    if let Some(accepted) = upload::replay(&state, &tenant, idempotency.as_deref()).await? {
+    let aliases = upload::idempotency_aliases(&tenant, &headers)?;
+    if let Some(accepted) = upload::replay(&state, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
     let mut stored: Option<Stored> = None;
@@ -278,7 +269,7 @@ async fn upload_multipart(
             return Err(err);
         }
     };
-    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
+    let accepted = upload::commit(&state, stored, &aliases).await?;
     Ok(accepted_response(&accepted))
 }
 
@@ -417,4 +408,32 @@ async fn ready(state: IngestState) -> Result<Response, ApiError> {
         )
         .with_status(StatusCode::SERVICE_UNAVAILABLE)),
     }
+}
+
+/// A small static page: what this is and where the API is described.
+fn index_page() -> Response {
+    const PAGE: &str = concat!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        "<title>MSaaS</title></head><body><h1>MSaaS</h1>",
+        "<p>Music separation: songs in, stems out. Version ",
+        env!("CARGO_PKG_VERSION"),
+        ".</p><p>The API: <a href=\"/openapi.json\">/openapi.json</a>; ",
+        "health: <a href=\"/healthz\">/healthz</a>.</p></body></html>\n"
+    );
+    let mut response = warp::reply::html(PAGE).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }

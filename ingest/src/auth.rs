@@ -117,10 +117,12 @@ impl Auth {
                 "missing API key: send Authorization: Bearer <key>",
             ));
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
         let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .trim()
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty())
             .ok_or_else(|| Self::unauthorized("expected Authorization: Bearer <key>"))?;
         if self.anonymous && self.keys.is_empty() && self.directory.is_none() {
@@ -175,6 +177,10 @@ mod tests {
         std::fs::write(&path, "acme:secret\n").unwrap();
         let auth = Auth::new(Some(&path), None, false).unwrap();
         assert_eq!(auth.tenant(Some("Bearer secret")).await.unwrap(), "acme");
+        assert_eq!(auth.tenant(Some("BEARER secret")).await.unwrap(), "acme");
+        assert_eq!(auth.tenant(Some("bearer  secret ")).await.unwrap(), "acme");
+        assert!(auth.tenant(Some("Basic secret")).await.is_err());
+        assert!(auth.tenant(Some("Bearersecret")).await.is_err());
         for header in [
             None,
             Some("Bearer wrong"),

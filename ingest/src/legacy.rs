@@ -1,8 +1,14 @@
 //! The routes of the service MSaaS replaces, kept for its clients:
-//! - `POST /apiv1/separate` — JSON `{"mp3": "<base64 audio>", "model": "<name>"?, "callback": "<url>"?}`
-//!   → `200 {"hash": "<job id>", "status": "<state>", "reason": "…"}` (`hash` is the job id);
+//! - `POST /apiv1/separate` — JSON `{"mp3": "<base64 audio>", "model"?: str, "songhash"?: str,
+//!   "callback"?: {"url": str, "data": {...}} | "<url>"}` → `200 {"hash", "status", "reason"}`:
+//!   `hash` is the client's `songhash` when it sent one, else the job id. A second upload with a
+//!   songhash the tenant already uses is answered with that job (200, its status), as an
+//!   idempotent replay: its body is not stored again. Remove the job (`/apiv1/remove/<hash>/all`)
+//!   to separate it anew. When the job ends, the callback URL gets the job JSON plus `data` (what
+//!   the client sent), `hash` and `status`;
 //! - `GET /apiv1/queue` — `{"queue": [ids of unfinished jobs], "jobs": [{"hash", "status", "model", "tracks"}]}`;
-//! - `GET /apiv1/track/{hash}/{track}` — the stem file (`track` = stem name, with or without extension);
+//! - `GET /apiv1/track/{hash}/{track}` — the stem file (`track` = stem name, with or without
+//!   extension; `hash` = songhash or job id);
 //! - `GET|DELETE /apiv1/remove/{hash}/{track}` — deletes one stem, or the whole job for `all`.
 //!
 //! Same authentication, same JSON errors, same tenant isolation as `/v1`.
@@ -20,7 +26,7 @@ use warp::reply::Response;
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
-use crate::reply::{count_upload, json_response, respond, tenant, upload_span};
+use crate::reply::{authorization, count_upload, json_response, respond, tenant, upload_span};
 use crate::state::IngestState;
 use crate::stems::{remove_job, serve_stem};
 use crate::upload::{self, clean_source_name};
@@ -32,10 +38,44 @@ struct SeparateRequest {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
-    callback: Option<String>,
+    callback: Option<LegacyCallback>,
+    /// The client's handle for the song.
+    #[serde(default)]
+    songhash: Option<String>,
     /// Name of the song (optional; some clients sent it).
     #[serde(default)]
     name: Option<String>,
+}
+
+/// The callback as the old service documented it (an object), or a bare URL.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum LegacyCallback {
+    Url(String),
+    Object {
+        url: String,
+        #[serde(default)]
+        data: Option<serde_json::Value>,
+    },
+}
+
+/// Longest `callback.data`, serialized: it is kept in the job record.
+const MAX_CALLBACK_DATA: usize = 16 * 1024;
+
+/// A songhash names keys and URL paths: 1-128 of letters, digits, `_`, `-`, `.` (not only dots).
+fn check_songhash(songhash: &str) -> Result<(), ApiError> {
+    let valid = (1..=128).contains(&songhash.len())
+        && songhash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && songhash.bytes().any(|b| b != b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_option(
+            "songhash must be 1-128 letters, digits, '_', '-' or '.'",
+        ))
+    }
 }
 
 pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
@@ -43,11 +83,10 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
-    let authorization = warp::header::optional::<String>("authorization");
     let separate = warp::path!("apiv1" / "separate")
         .and(warp::post())
         .and(with_state.clone())
-        .and(authorization)
+        .and(authorization())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
@@ -63,12 +102,12 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
     let queue = warp::path!("apiv1" / "queue")
         .and(warp::get())
         .and(with_state.clone())
-        .and(authorization)
+        .and(authorization())
         .then(|state, auth| async move { respond(queue(state, auth).await) });
     let track = warp::path!("apiv1" / "track" / String / String)
         .and(warp::get())
         .and(with_state.clone())
-        .and(authorization)
+        .and(authorization())
         .and(warp::header::optional::<String>("range"))
         .then(|hash, track, state, auth, range| async move {
             respond(track_file(state, auth, hash, track, range).await)
@@ -77,7 +116,7 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         warp::path!("apiv1" / "remove" / String / String)
             .and(warp::get().or(warp::delete()).unify())
             .and(with_state)
-            .and(authorization)
+            .and(authorization())
             .then(|hash, track, state, auth| async move {
                 respond(remove(state, auth, hash, track).await)
             });
@@ -123,15 +162,32 @@ async fn separate(
     if let Some(model) = request.model {
         input.add("model", model)?;
     }
-    if let Some(callback) = request.callback {
-        input.add("callback_url", callback)?;
+    let callback_data = match request.callback {
+        None => None,
+        Some(LegacyCallback::Url(url)) => {
+            input.add("callback_url", url)?;
+            None
+        }
+        Some(LegacyCallback::Object { url, data }) => {
+            input.add("callback_url", url)?;
+            let size = data.as_ref().map_or(0, |d| d.to_string().len());
+            if size > MAX_CALLBACK_DATA {
+                return Err(ApiError::invalid_option(format!(
+                    "callback.data is {size} bytes as JSON; at most {MAX_CALLBACK_DATA}"
+                )));
+            }
+            Some(data.unwrap_or(serde_json::Value::Null))
+        }
+    };
+    let mut options = input.build(&state)?;
+    options.callback_data = callback_data;
+    let mut aliases = upload::idempotency_aliases(&tenant, &headers)?;
+    if let Some(songhash) = request.songhash {
+        check_songhash(&songhash)?;
+        aliases.push(upload::songhash_alias(&tenant, &songhash));
+        options.songhash = Some(songhash);
     }
-    let options = input.build(&state)?;
-    let idempotency = headers
-        .get("idempotency-key")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    if let Some(accepted) = upload::replay(&state, &tenant, idempotency.as_deref()).await? {
+    if let Some(accepted) = upload::replay(&state, &aliases).await? {
         return Ok(separate_response(&accepted.job));
     }
     if audio.len() as u64 > state.inner.max_input_bytes {
@@ -140,7 +196,7 @@ async fn separate(
     let name = clean_source_name(request.name.as_deref().or(Some("song.mp3")));
     let stream = futures::StreamExt::boxed(futures::stream::iter([Ok(bytes::Bytes::from(audio))]));
     let stored = upload::store(&state, &tenant, options, name, stream).await?;
-    let accepted = upload::commit(&state, stored, idempotency.as_deref()).await?;
+    let accepted = upload::commit(&state, stored, &aliases).await?;
     Ok(separate_response(&accepted.job))
 }
 
@@ -168,7 +224,7 @@ fn separate_response(job: &pipeline::Job) -> Response {
     json_response(
         StatusCode::OK,
         &json!({
-            "hash": job.id,
+            "hash": handle(job),
             "status": job.state,
             "model": job.options.model,
             "reason": "Song enqueued for separation",
@@ -179,16 +235,16 @@ fn separate_response(job: &pipeline::Job) -> Response {
 async fn queue(state: IngestState, authorization: Option<String>) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
     let jobs = state.backends().jobs.list(&tenant, 1000).await?;
-    let waiting: Vec<&pipeline::JobId> = jobs
+    let waiting: Vec<String> = jobs
         .iter()
         .filter(|job| !job.state.is_terminal())
-        .map(|job| &job.id)
+        .map(handle)
         .collect();
     let all: Vec<serde_json::Value> = jobs
         .iter()
         .map(|job| {
             json!({
-                "hash": job.id,
+                "hash": handle(job),
                 "status": job.state,
                 "model": job.options.model,
                 "tracks": job.results.keys().collect::<Vec<_>>(),
@@ -223,7 +279,7 @@ async fn track_file(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
     let stem = track_stem(&track)?;
-    let job = state.job_of(&tenant, &hash).await?;
+    let job = job_by_hash(&state, &tenant, &hash).await?;
     serve_stem(&state, &job, stem, range.as_deref()).await
 }
 
@@ -235,12 +291,12 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
     let stem = track_stem(&track)?;
-    let job = state.job_of(&tenant, &hash).await?;
+    let job = job_by_hash(&state, &tenant, &hash).await?;
     if stem == "all" {
         remove_job(&state, &job).await?;
         return Ok(json_response(
             StatusCode::OK,
-            &json!({"hash": job.id, "removed": "all"}),
+            &json!({"hash": handle(&job), "removed": "all"}),
         ));
     }
     let Some(key) = job.results.get(stem).cloned() else {
@@ -260,8 +316,34 @@ async fn remove(
     backends.store.delete(&key).await?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"hash": job.id, "removed": stem}),
+        &json!({"hash": handle(&job), "removed": stem}),
     ))
+}
+
+/// What the legacy API calls a job: the client's songhash, else the job id.
+fn handle(job: &pipeline::Job) -> String {
+    job.options
+        .songhash
+        .clone()
+        .unwrap_or_else(|| job.id.to_string())
+}
+
+/// The tenant's job a legacy `hash` names: its songhash first, else its id.
+async fn job_by_hash(
+    state: &IngestState,
+    tenant: &str,
+    hash: &str,
+) -> Result<pipeline::Job, ApiError> {
+    if check_songhash(hash).is_ok()
+        && let Some(id) = state
+            .backends()
+            .jobs
+            .resolve_alias(&upload::songhash_alias(tenant, hash))
+            .await?
+    {
+        return state.job_of(tenant, id.as_str()).await;
+    }
+    state.job_of(tenant, hash).await
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ pub fn openapi() -> Value {
                 "get": {"summary": "Models callers may name", "responses": with_common(json!({"200": {"description": "models", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"default": {"type": "string"}, "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}}}))},
             },
+            "/": {"get": {"summary": "A small HTML page (load balancers probe it)", "security": [], "responses": {"200": {"description": "text/html", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"summary": "The process is up", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The backends answer", "security": [], "responses": {
                 "200": {"description": "ready"}, "503": error_response("a backend does not answer")}}},
@@ -141,7 +142,9 @@ pub fn openapi() -> Value {
             "/apiv1/separate": {
                 "post": {"summary": "Legacy upload: base64 audio in JSON",
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mp3"], "properties": {
-                             "mp3": {"type": "string", "format": "byte"}, "model": {"type": "string"}, "callback": {"type": "string"}, "name": {"type": "string"}}}}}},
+                             "mp3": {"type": "string", "format": "byte"}, "model": {"type": "string"}, "songhash": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                             "callback": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}, "data": {}}}]},
+                             "name": {"type": "string"}}}}}},
                          "responses": with_common(json!({"200": {"description": "queued", "content": {"application/json": {"schema": {"type": "object", "properties": {
                              "hash": {"type": "string"}, "status": {"type": "string"}, "model": {"type": "string"}, "reason": {"type": "string"}}}}}},
                              "400": error_response("bad JSON or base64 (`bad_request`)"),

@@ -29,10 +29,15 @@ pub(crate) fn with_state(
 }
 
 /// `Authorization` header, if any (checked by the handler, so that a missing key is a 401
-/// JSON error rather than a rejection).
-pub(crate) fn authorization()
--> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
+/// JSON error rather than a rejection). Bytes that are not text become U+FFFD: such a key
+/// matches no tenant (401), where parsing it as a string would reject the route (405).
+pub(crate) fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone
+{
+    warp::header::headers_cloned().map(|headers: HeaderMap| {
+        headers
+            .get(header::AUTHORIZATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    })
 }
 
 /// Query parameters as decoded pairs, in order (repeats kept, so they can be refused).

@@ -10,6 +10,7 @@ use crate::state::IngestState;
 
 /// Every route the API serves, as (method, OpenAPI path template).
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),

@@ -37,6 +37,24 @@ pub(crate) fn idempotency_alias(tenant: &str, key: &str) -> String {
     format!("idem:{tenant}:{key}")
 }
 
+/// The alias of the request's `Idempotency-Key` header, checked, as a list for [`replay`] and
+/// [`commit`] (empty without the header).
+pub(crate) fn idempotency_aliases(
+    tenant: &str,
+    headers: &warp::http::HeaderMap,
+) -> Result<Vec<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(Vec::new()),
+        Some(value) => {
+            let key = value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+            check_idempotency_key(key)?;
+            Ok(vec![idempotency_alias(tenant, key)])
+        }
+    }
+}
+
 /// Checks an `Idempotency-Key` header value: printable ASCII, at most 255 bytes.
 pub(crate) fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -47,28 +65,29 @@ pub(crate) fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The job an idempotency key already names, if it does and that job still exists.
+/// The alias a legacy client's `songhash` binds (per tenant, like idempotency keys).
+pub(crate) fn songhash_alias(tenant: &str, songhash: &str) -> String {
+    format!("song:{tenant}:{songhash}")
+}
+
+/// The first job one of `aliases` (idempotency key, songhash) already names, if any still
+/// exists: the request is answered with it and its body not stored again.
 pub(crate) async fn replay(
     state: &IngestState,
-    tenant: &str,
-    key: Option<&str>,
+    aliases: &[String],
 ) -> Result<Option<Accepted>, ApiError> {
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    check_idempotency_key(key)?;
     let backends = state.backends();
-    let Some(id) = backends
-        .jobs
-        .resolve_alias(&idempotency_alias(tenant, key))
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(backends.jobs.get(&id).await?.map(|job| Accepted {
-        status: StatusCode::OK,
-        job,
-    }))
+    for alias in aliases {
+        if let Some(id) = backends.jobs.resolve_alias(alias).await?
+            && let Some(job) = backends.jobs.get(&id).await?
+        {
+            return Ok(Some(Accepted {
+                status: StatusCode::OK,
+                job,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// `name` cut to something safe to show and to put in a download name.
@@ -176,11 +195,10 @@ fn options_hash(options: &JobOptions) -> String {
 pub(crate) async fn commit(
     state: &IngestState,
     stored: Stored,
-    idempotency_key: Option<&str>,
+    aliases: &[String],
 ) -> Result<Accepted, ApiError> {
     let backends = state.backends();
     let job = &stored.job;
-    let idem_alias = idempotency_key.map(|key| idempotency_alias(&job.tenant, key));
 
     if state.inner.dedup
         && let Some(sha) = &job.sha256
@@ -196,10 +214,10 @@ pub(crate) async fn commit(
         };
         match earlier {
             Some(earlier) if !matches!(earlier.state, JobState::Failed | JobState::Cancelled) => {
-                if let Some(idem) = &idem_alias
-                    && let Err(err) = backends.jobs.bind_alias(idem, &earlier.id).await
-                {
-                    tracing::warn!(%err, "idempotency key not bound to the deduplicated job");
+                for alias in aliases {
+                    if let Err(err) = backends.jobs.bind_alias(alias, &earlier.id).await {
+                        tracing::warn!(%err, "alias not bound to the deduplicated job");
+                    }
                 }
                 tracing::info!(job = %earlier.id, "duplicate upload: earlier job returned");
                 discard(state, stored).await;
@@ -218,8 +236,8 @@ pub(crate) async fn commit(
         }
     }
 
-    if let Some(idem) = &idem_alias {
-        match backends.jobs.bind_alias(idem, &job.id).await {
+    for alias in aliases {
+        match backends.jobs.bind_alias(alias, &job.id).await {
             Ok(bound) if bound == job.id => {}
             Ok(bound) => {
                 // A concurrent request with the same key won.
@@ -232,7 +250,7 @@ pub(crate) async fn commit(
                     }),
                     None => Err(ApiError::new(
                         ErrorCode::Conflict,
-                        "a request with this Idempotency-Key is in progress; retry",
+                        "a request with this Idempotency-Key (or songhash) is in progress; retry",
                     )),
                 };
             }

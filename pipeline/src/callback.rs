@@ -40,6 +40,27 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The body of a delivery: the job record; for a legacy client that sent `callback.data`, also
+/// `data` (what it sent), `hash` (its songhash, else the job id) and `status`, as the service
+/// MSaaS replaces posted them.
+pub fn body(job: &crate::Job) -> serde_json::Result<Vec<u8>> {
+    let Some(data) = &job.options.callback_data else {
+        return serde_json::to_vec(job);
+    };
+    let mut value = serde_json::to_value(job)?;
+    if let Some(object) = value.as_object_mut() {
+        let hash = job
+            .options
+            .songhash
+            .clone()
+            .unwrap_or_else(|| job.id.to_string());
+        object.insert("data".into(), data.clone());
+        object.insert("hash".into(), hash.into());
+        object.insert("status".into(), serde_json::to_value(job.state)?);
+    }
+    serde_json::to_vec(&value)
+}
+
 /// The event name a webhook is sent for, if `kind` ends a job.
 pub fn terminal_event_name(kind: EventKind) -> Option<&'static str> {
     match kind {

@@ -174,6 +174,13 @@ pub struct JobOptions {
     pub shifts: u32,
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// The handle a client of the legacy API chose for the song (`songhash`); its routes find
+    /// the job by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub songhash: Option<String>,
+    /// What a legacy client sent as `callback.data`: returned to it in the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_data: Option<serde_json::Value>,
 }
 
 impl JobOptions {
@@ -258,6 +265,8 @@ impl Default for JobOptions {
             overlap: default_overlap(),
             shifts: 0,
             callback_url: None,
+            songhash: None,
+            callback_data: None,
         }
     }
 }
