@@ -183,7 +183,28 @@ pub async fn ingest(config_path: Option<&Path>, args: IngestArgs) -> anyhow::Res
 pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
     let shutdown = shutdown_on_signals()?;
-    let backends = backends(&config, false).await?;
+    // Live (`/healthz`) from the start, ready (`/readyz`) only once the queue answers: a
+    // worker whose dependencies are down waits for them instead of exiting (an exit is a
+    // CrashLoopBackOff on Kubernetes, whose growing delay outlasts a short outage).
+    let ready = Arc::new(AtomicBool::new(false));
+    if !config.observe.metrics_listen.is_empty() {
+        let addr: SocketAddr = config.observe.metrics_listen.parse().with_context(|| {
+            format!(
+                "observe.metrics_listen: {:?} is not an ip:port address",
+                config.observe.metrics_listen
+            )
+        })?;
+        let flag = ready.clone();
+        let check: observe::ReadyCheck = Arc::new(move || flag.load(Ordering::Relaxed));
+        let bound = crate::services::serve_metrics(addr, check, &shutdown).await?;
+        // Scripts and tests read the port from here when it was 0.
+        println!("metrics http://{bound}");
+    }
+    let Some(backends) = connect_until_up(&config, &shutdown).await? else {
+        observe::shutdown_tracing();
+        return Ok(ExitCode::SUCCESS);
+    };
+    let backends = crate::services::install_hooks(backends, &config);
     let mut tasks: JoinSet<()> = JoinSet::new();
     spawn_workers(
         &mut tasks,
@@ -197,31 +218,60 @@ pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Res
         crate::services::spawn_janitor(&mut tasks, &backends, &config, &shutdown);
     }
     if !config.observe.metrics_listen.is_empty() {
-        let addr: SocketAddr = config.observe.metrics_listen.parse().with_context(|| {
-            format!(
-                "observe.metrics_listen: {:?} is not an ip:port address",
-                config.observe.metrics_listen
-            )
-        })?;
         // The queue gauges are part of every /metrics (dashboards and alerts read them from
         // whichever pod answers).
         crate::services::spawn_queue_poller(&backends, &config, &shutdown);
-        let ready = readiness(&backends, args.stage, &shutdown);
-        let bound = crate::services::serve_metrics(addr, ready, &shutdown).await?;
-        // Scripts and tests read the port from here when it was 0.
-        println!("metrics http://{bound}");
+        track_readiness(&backends, args.stage, &shutdown, ready);
     }
     stopped(tasks).await
 }
 
-/// `/readyz` of a worker: its queue answered within the last few seconds.
-fn readiness(
+/// First wait between connection attempts; it doubles up to [`CONNECT_BACKOFF_MAX`].
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// The configured backends, once every server answers; `None` when shut down first. A
+/// configuration error (not an outage) still ends the process at once.
+async fn connect_until_up(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Backends>> {
+    let mut delay = CONNECT_BACKOFF_MIN;
+    let mut waiting = false;
+    loop {
+        match backends::connect(config).await {
+            Ok(backends) => {
+                if waiting {
+                    tracing::info!("dependencies are up: starting");
+                }
+                return Ok(Some(backends));
+            }
+            Err(err) if err.code.is_transient() => {
+                // One line per state change, then quiet retries.
+                if !waiting {
+                    tracing::warn!(code = %err.code, %err, "a dependency is down; waiting for it (not ready)");
+                    waiting = true;
+                } else {
+                    tracing::debug!(%err, "still down");
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+/// Keeps a worker's `/readyz` flag current: its queue answered within the last few seconds.
+fn track_readiness(
     backends: &Backends,
     stage: Stage,
     shutdown: &CancellationToken,
-) -> Arc<dyn Fn() -> bool + Send + Sync> {
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
+    ready: Arc<AtomicBool>,
+) {
     let queue = backends.queue.clone();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -230,15 +280,20 @@ fn readiness(
                 tokio::time::timeout(Duration::from_secs(2), queue.depth(stage)).await,
                 Ok(Ok(_))
             );
-            flag.store(reachable, Ordering::Relaxed);
+            if ready.swap(reachable, Ordering::Relaxed) != reachable {
+                if reachable {
+                    tracing::info!(%stage, "queue answers: ready");
+                } else {
+                    tracing::warn!(%stage, "queue does not answer: not ready");
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_secs(3)) => {}
             }
         }
-        flag.store(false, Ordering::Relaxed);
+        ready.store(false, Ordering::Relaxed);
     });
-    Arc::new(move || ready.load(Ordering::Relaxed))
 }
 
 /// Waits for every task of the role, then flushes span export.

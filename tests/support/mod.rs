@@ -20,15 +20,19 @@ pub fn free_port() -> u16 {
 /// A port `p` with `p + 10000` free too (SeaweedFS puts gRPC there by convention; we pass
 /// both explicitly, but keep the pair apart from other servers' choices).
 fn free_port_below(limit: u16) -> u16 {
+    let pair_free = |port: u16| {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+    };
     loop {
         let port = free_port();
-        if port < limit {
+        if port < limit && pair_free(port) {
             return port;
         }
         // Ephemeral ports are usually above 32768; bind one in the lower range instead.
         for _ in 0..200 {
             let candidate = 10_000 + (random_u64() % (limit as u64 - 10_000)) as u16;
-            if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            if pair_free(candidate) {
                 return candidate;
             }
         }
@@ -247,12 +251,14 @@ impl PrivateWeed {
     pub fn start(dir: &Path) -> Self {
         let dir = dir.join("weed");
         std::fs::create_dir_all(&dir).expect("weed dir");
-        // gRPC ports are passed explicitly; keep all below 55536 so `+ 10000` stays valid.
+        // gRPC ports (`+ 10000`) are passed explicitly. Both stay below the ephemeral range
+        // (32768+ on Linux): an outgoing connection there once took a gRPC port from under a
+        // starting server.
         let ports = [
-            free_port_below(55_000),
-            free_port_below(55_000),
-            free_port_below(55_000),
-            free_port_below(55_000),
+            free_port_below(22_000),
+            free_port_below(22_000),
+            free_port_below(22_000),
+            free_port_below(22_000),
         ];
         let mut weed = Self {
             s3_port: ports[3],

@@ -1,0 +1,132 @@
+//! Issue 17: a worker started while Redis or the S3 server is down stays up — live, not
+//! ready — and starts working when the dependency comes back, instead of exiting (which on
+//! Kubernetes is a CrashLoopBackOff whose delay outgrows the outage).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pipeline::{Job, JobOptions, JobState};
+use support::{Cluster, Msaas, require_default_model, write_song_at};
+
+/// The status of `GET url` (`http://ip:port/path`), or `None` when nothing answers.
+fn status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let mut stream = std::net::TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `msaas worker decode` with a metrics listener while `stop` has one dependency down,
+/// checks it stays up and unready, brings the dependency back with `start`, and has it decode
+/// a job submitted afterwards.
+fn worker_waits_out(
+    mut cluster: Cluster,
+    down: impl FnOnce(&mut Cluster),
+    up: impl FnOnce(&mut Cluster),
+) {
+    require_default_model();
+    cluster.set("MSAAS_OBSERVE__METRICS_LISTEN", "127.0.0.1:0");
+    down(&mut cluster);
+    let mut worker: Msaas = cluster.spawn(&["worker", "decode"]);
+    let address = worker.wait_for_line("metrics http://", Duration::from_secs(30));
+    let base = format!("http://{address}");
+    assert_eq!(
+        status(&format!("{base}/healthz")),
+        Some(200),
+        "live while waiting"
+    );
+    // Several connection attempts pass; it neither exits nor claims to be ready.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        status(&format!("{base}/readyz")),
+        Some(503),
+        "not ready while a dependency is down"
+    );
+    assert_eq!(
+        status(&format!("{base}/healthz")),
+        Some(200),
+        "still up: {}",
+        worker.log_text()
+    );
+
+    up(&mut cluster);
+    wait_for(
+        "ready after the dependency is back",
+        Duration::from_secs(60),
+        || status(&format!("{base}/readyz")) == Some(200),
+    );
+    let log = worker.log_text();
+    assert_eq!(
+        log.matches("a dependency is down").count(),
+        1,
+        "one line for the outage, not one per attempt:\n{log}"
+    );
+
+    // And it works: a job submitted now is decoded.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backends = runtime.block_on(cluster.backends());
+    let song = cluster.dir.path().join("song.wav");
+    write_song_at(&song, 2.0, 1, 44_100);
+    let job = Job::new(
+        "outage",
+        "song.wav",
+        JobOptions {
+            model: "spleeter-2stems".to_owned(),
+            ..JobOptions::default()
+        },
+    );
+    let id = runtime
+        .block_on(pipeline::submit_file(&backends, job, &song, None))
+        .expect("submit")
+        .id;
+    wait_for("the job decoded", Duration::from_secs(60), || {
+        runtime
+            .block_on(backends.jobs.get(&id))
+            .ok()
+            .flatten()
+            .is_some_and(|job| {
+                job.stages
+                    .get(&pipeline::Stage::Decode)
+                    .is_some_and(|t| t.finished_ms.is_some())
+                    || job.state == JobState::Separating
+            })
+    });
+    let exit = worker.terminate(Duration::from_secs(20));
+    assert!(exit.success(), "SIGTERM: exit 0, got {exit:?}");
+}
+
+#[test]
+fn a_worker_started_with_redis_down_waits_and_then_works() {
+    worker_waits_out(
+        Cluster::start(&["outage"]),
+        |cluster| cluster.redis.kill(),
+        |cluster| cluster.redis.restart(),
+    );
+}
+
+#[test]
+fn a_worker_started_with_the_s3_server_down_waits_and_then_works() {
+    worker_waits_out(
+        Cluster::start(&["outage"]),
+        |cluster| cluster.weed.kill(),
+        |cluster| cluster.weed.restart(),
+    );
+}
