@@ -61,20 +61,43 @@ pub fn validate_key(key: &str) -> Result<(), BackendError> {
 }
 
 /// Removes the temporary file unless the write completed: on an error, an over-limit body,
-/// or when the writing future is dropped (cancelled) midway.
+/// or when the writing future is dropped (cancelled) midway. In a store it also removes the
+/// folders the write made that are left empty, so a refused upload leaves nothing.
 struct TempFileGuard {
     path: PathBuf,
     armed: bool,
+    store_root: Option<PathBuf>,
 }
 
 impl Drop for TempFileGuard {
     fn drop(&mut self) {
-        if self.armed
-            && let Err(err) = std::fs::remove_file(&self.path)
+        if !self.armed {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(&self.path)
             && err.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %self.path.display(), %err, "could not remove temporary file");
         }
+        if let Some(root) = &self.store_root {
+            prune_empty_folders(root, &self.path);
+        }
+    }
+}
+
+/// Removes the now-empty folders between `path` and the store's top-level prefixes
+/// (`uploads/`, `work/`, `results/` stay): a store, like object storage, holds no empty
+/// folders. A folder something was written to meanwhile is not empty, and stays.
+fn prune_empty_folders(root: &Path, path: &Path) {
+    let mut folder = path.parent();
+    while let Some(dir) = folder {
+        let depth = dir
+            .strip_prefix(root)
+            .map_or(0, |rel| rel.components().count());
+        if depth < 2 || std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+        folder = dir.parent();
     }
 }
 
@@ -83,6 +106,7 @@ async fn write_atomically(
     target: &Path,
     mut body: ByteStream,
     limit: Option<u64>,
+    store_root: Option<&Path>,
 ) -> Result<PutOutcome, BackendError> {
     let dir = match target.parent() {
         // A bare file name: the current directory.
@@ -102,12 +126,18 @@ async fn write_atomically(
     let mut guard = TempFileGuard {
         path: temp_path.clone(),
         armed: true,
+        store_root: store_root.map(Path::to_owned),
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp_path)
-        .await?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    let mut file = match options.open(&temp_path).await {
+        // A failed write of the same job pruned the folder in between: make it again.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            tokio::fs::create_dir_all(dir).await?;
+            options.open(&temp_path).await?
+        }
+        other => other?,
+    };
     let mut written: u64 = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
@@ -131,7 +161,7 @@ async fn write_atomically(
 
 /// Copies a stream into a local file, atomically: every store's `get_to_file`.
 pub(crate) async fn copy_to_file(body: ByteStream, path: &Path) -> Result<u64, BackendError> {
-    match write_atomically(path, body, None).await? {
+    match write_atomically(path, body, None, None).await? {
         PutOutcome::Stored { bytes } => Ok(bytes),
         PutOutcome::OverLimit { limit } => Err(BackendError::Storage(format!(
             "unlimited write reported over limit {limit}"
@@ -165,7 +195,7 @@ impl BlobStore for LocalDirStore {
         limit: Option<u64>,
     ) -> Result<PutOutcome, BackendError> {
         let target = self.path_of(key)?;
-        write_atomically(&target, body, limit).await
+        write_atomically(&target, body, limit, Some(&self.root)).await
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<u64, BackendError> {
@@ -176,7 +206,7 @@ impl BlobStore for LocalDirStore {
         let body = ReaderStream::new(file)
             .map(|chunk| chunk.map_err(BackendError::from))
             .boxed();
-        match write_atomically(&target, body, None).await? {
+        match write_atomically(&target, body, None, Some(&self.root)).await? {
             PutOutcome::Stored { bytes } => Ok(bytes),
             PutOutcome::OverLimit { limit } => Err(BackendError::Storage(format!(
                 "unlimited write reported over limit {limit}"
@@ -187,7 +217,9 @@ impl BlobStore for LocalDirStore {
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), BackendError> {
         let target = self.path_of(key)?;
         let body = futures::stream::once(async move { Ok(bytes) }).boxed();
-        write_atomically(&target, body, None).await.map(|_| ())
+        write_atomically(&target, body, None, Some(&self.root))
+            .await
+            .map(|_| ())
     }
 
     async fn get_stream(
@@ -243,7 +275,10 @@ impl BlobStore for LocalDirStore {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
-            _ => Ok(()),
+            _ => {
+                prune_empty_folders(&self.root, &path);
+                Ok(())
+            }
         }
     }
 

@@ -9,7 +9,8 @@ use futures::{Stream, StreamExt};
 use pipeline::BackendError;
 use pipeline::traits::ByteStream;
 
-/// A warp body (or multipart part) as a pipeline [`ByteStream`].
+/// A warp body (or multipart part) as a pipeline [`ByteStream`]. A body that breaks off is
+/// the client's doing: [`BackendError::ClientBody`] (400), not an I/O fault of the service.
 pub(crate) fn byte_stream<S, B>(body: S) -> ByteStream
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
@@ -18,7 +19,7 @@ where
     body.map(|chunk| {
         chunk
             .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
-            .map_err(|err| BackendError::Io(std::io::Error::other(err)))
+            .map_err(|err| BackendError::ClientBody(err.to_string()))
     })
     .boxed()
 }

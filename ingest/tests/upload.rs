@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use pipeline::JobState;
 
 #[tokio::test]
@@ -334,5 +336,69 @@ async fn concurrent_uploads_from_two_tenants_stay_apart() {
         expected.sort_unstable();
         assert_eq!(listed, expected, "{tenant}");
     }
+    server.stop().await;
+}
+
+/// Sends a request head plus `body` on a raw connection, closes the sending side, and returns
+/// what the server answered (empty when it closed without an answer).
+async fn raw_request(server: &Server, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(body).await.expect("body");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers or closes, never hangs")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_the_clients_error_and_leaves_nothing() {
+    let server = start().await;
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: audio/wav\r\n\
+         Content-Length: 200000\r\n\r\n",
+        bearer(ACME_KEY)
+    );
+    let answer = raw_request(&server, &head, &wav_body(5000)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "a 400 or a closed connection, never a 5xx: {answer}"
+    );
+    if !answer.is_empty() {
+        assert!(answer.contains("bad_request"), "{answer}");
+    }
+    let chunked = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: audio/wav\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        bearer(ACME_KEY)
+    );
+    let mut body = b"1000\r\n".to_vec();
+    body.extend_from_slice(&wav_body(4096));
+    body.extend_from_slice(b"\r\nzz-not-a-chunk-size\r\n");
+    let answer = raw_request(&server, &chunked, &body).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "a malformed chunk: {answer}"
+    );
+    // Nothing stored, not even the job's empty upload folder; nothing queued.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.objects().is_empty(), "{:?}", server.objects());
+    assert!(
+        server
+            .backends
+            .jobs
+            .list("acme", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     server.stop().await;
 }

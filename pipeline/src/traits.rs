@@ -34,6 +34,10 @@ pub enum BackendError {
     /// `..` / `.` or empty segments.
     #[error("invalid storage key {0:?}")]
     InvalidKey(String),
+    /// The client's request body broke off: cut short, a malformed chunk, a truncated
+    /// multipart. A client error (400), never a fault of the service.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
     /// A byte range that does not fit the object.
     #[error("byte range {start}..{end} does not fit object {key:?} of {size} bytes")]
     InvalidRange {
@@ -53,7 +57,9 @@ impl BackendError {
             Self::Queue(_) => ErrorCode::QueueUnavailable,
             Self::Events(_) => ErrorCode::EventsUnavailable,
             Self::Io(_) => ErrorCode::Io,
-            Self::InvalidKey(_) | Self::InvalidRange { .. } => ErrorCode::BadRequest,
+            Self::InvalidKey(_) | Self::InvalidRange { .. } | Self::ClientBody(_) => {
+                ErrorCode::BadRequest
+            }
         }
     }
 }

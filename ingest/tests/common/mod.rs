@@ -124,23 +124,29 @@ impl Server {
             .expect("depth")
     }
 
-    /// Every object in the store.
+    /// Every object in the store, and every empty folder below a top-level prefix
+    /// (`uploads/<job>/` left behind by a refused upload counts as something stored).
     pub fn objects(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return;
             };
+            let mut empty = true;
             for entry in entries.flatten() {
+                empty = false;
                 let path = entry.path();
                 if path.is_dir() {
-                    walk(&path, out);
+                    walk(&path, depth + 1, out);
                 } else {
                     out.push(path);
                 }
             }
+            if empty && depth >= 2 {
+                out.push(dir.to_owned());
+            }
         }
         let mut out = Vec::new();
-        walk(&self.store_dir, &mut out);
+        walk(&self.store_dir, 0, &mut out);
         out
     }
 
