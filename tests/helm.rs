@@ -413,7 +413,7 @@ fn only_separate_requests_a_gpu_and_only_when_enabled() {
 }
 
 #[test]
-fn one_keda_scaler_per_worker_stage_on_its_stream_lag() {
+fn one_keda_scaler_per_worker_stage_on_its_waiting_and_running_work() {
     let docs = render(&[], &[]);
     let scalers = of_kind(&docs, "ScaledObject");
     assert_eq!(scalers.len(), STAGES.len(), "one ScaledObject per stage");
@@ -428,23 +428,35 @@ fn one_keda_scaler_per_worker_stage_on_its_stream_lag() {
             "{stage} scales to zero"
         );
         let triggers = scaler["spec"]["triggers"].as_array().expect("triggers");
-        assert_eq!(triggers.len(), 1, "{stage}: {triggers:?}");
-        let trigger = &triggers[0];
-        assert_eq!(trigger["type"], "redis-streams");
-        let metadata = &trigger["metadata"];
-        assert_eq!(metadata["stream"], format!("msaas:stage:{stage}").as_str());
-        assert_eq!(metadata["consumerGroup"], stage);
-        assert!(
-            metadata["lagCount"].as_str().is_some(),
-            "{stage}: lag-based"
-        );
-        assert!(metadata["activationLagCount"].as_str().is_some());
-        // KEDA runs in its own namespace: the bundled Redis must be named in full.
         assert_eq!(
-            metadata["address"],
-            format!("{RELEASE}-msaas-redis.{NAMESPACE}.svc:6379").as_str()
+            triggers.len(),
+            2,
+            "{stage}: waiting and running: {triggers:?}"
         );
-        assert!(trigger["authenticationRef"].is_null());
+        for trigger in triggers {
+            assert_eq!(trigger["type"], "redis-streams");
+            let metadata = &trigger["metadata"];
+            assert_eq!(metadata["stream"], format!("msaas:stage:{stage}").as_str());
+            assert_eq!(metadata["consumerGroup"], stage);
+            // KEDA runs in its own namespace: the bundled Redis must be named in full.
+            assert_eq!(
+                metadata["address"],
+                format!("{RELEASE}-msaas-redis.{NAMESPACE}.svc:6379").as_str()
+            );
+            assert!(trigger["authenticationRef"].is_null());
+        }
+        let waiting = &triggers[0]["metadata"];
+        assert!(waiting["lagCount"].as_str().is_some(), "{stage}: lag-based");
+        assert!(waiting["activationLagCount"].as_str().is_some());
+        let running = &triggers[1]["metadata"];
+        assert!(
+            running["pendingEntriesCount"].as_str().is_some(),
+            "{stage}: running work"
+        );
+        assert!(
+            running["lagCount"].is_null(),
+            "{stage}: one mode per trigger"
+        );
     }
     // KEDA owns worker replicas: no HPA for them, no fixed replica count.
     for hpa in of_kind(&docs, "HorizontalPodAutoscaler") {
@@ -452,6 +464,38 @@ fn one_keda_scaler_per_worker_stage_on_its_stream_lag() {
     }
     for stage in STAGES {
         assert!(deployment(&docs, stage)["spec"]["replicas"].is_null());
+    }
+
+    // With nothing waiting (lag 0) and N jobs running (N pending entries), the replicas KEDA
+    // asks for — the largest of the triggers' ceil(metric / target) — are N: scale-down never
+    // takes the stage below its running jobs, nor to zero (the CPU profile's 600 s cooldown
+    // would otherwise stop every job longer than that).
+    for (profile, files) in [("default", &[][..]), ("cpu", &["values-cpu.yaml"][..])] {
+        let docs = render(files, &[]);
+        for stage in STAGES {
+            let scaler = find(&docs, "ScaledObject", &resource_name(stage));
+            let threshold = |trigger: usize, key: &str| -> u64 {
+                scaler["spec"]["triggers"][trigger]["metadata"][key]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{profile} {stage}: {key}"))
+            };
+            let (lag_target, running_target) = (
+                threshold(0, "lagCount"),
+                threshold(1, "pendingEntriesCount"),
+            );
+            let max = scaler["spec"]["maxReplicaCount"].as_u64().expect("max");
+            for running in 1..=max {
+                let lag = 0u64;
+                let desired = lag
+                    .div_ceil(lag_target)
+                    .max(running.div_ceil(running_target));
+                assert_eq!(
+                    desired, running,
+                    "{profile} {stage}: {running} running jobs"
+                );
+            }
+        }
     }
 
     // External Redis: its host, TLS, and the password through a TriggerAuthentication.
@@ -463,14 +507,15 @@ fn one_keda_scaler_per_worker_stage_on_its_stream_lag() {
     assert_eq!(secret_ref["key"], "password");
     for stage in STAGES {
         let scaler = find(&docs, "ScaledObject", &resource_name(stage));
-        let trigger = &scaler["spec"]["triggers"][0];
-        assert_eq!(
-            trigger["metadata"]["address"],
-            "redis.data.svc.cluster.local:6380"
-        );
-        assert_eq!(trigger["metadata"]["databaseIndex"], "2");
-        assert_eq!(trigger["metadata"]["enableTLS"], "true");
-        assert_eq!(trigger["authenticationRef"]["name"], name(auth[0]));
+        for trigger in scaler["spec"]["triggers"].as_array().expect("triggers") {
+            assert_eq!(
+                trigger["metadata"]["address"],
+                "redis.data.svc.cluster.local:6380"
+            );
+            assert_eq!(trigger["metadata"]["databaseIndex"], "2");
+            assert_eq!(trigger["metadata"]["enableTLS"], "true");
+            assert_eq!(trigger["authenticationRef"]["name"], name(auth[0]));
+        }
     }
 }
 

@@ -585,3 +585,62 @@ async fn measure_round_trips() {
         count as f64 / (total - enqueued).as_secs_f64()
     );
 }
+
+/// What the chart's KEDA triggers read for a stage whose only work is running: the group's
+/// lag (XINFO GROUPS `lag`) is 0 while its pending entries (XPENDING count) are the jobs in
+/// progress. The "running" trigger scales on the latter, so N running jobs keep N workers.
+#[tokio::test]
+async fn running_work_shows_as_pending_entries_with_no_lag() {
+    let ns = TestNamespace::new();
+    let queue = ns.queue(Duration::from_secs(30)).await;
+    const RUNNING: usize = 3;
+    for _ in 0..RUNNING {
+        queue.enqueue(Stage::Separate, message()).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for n in 0..RUNNING {
+        held.push(
+            claim(&queue, Stage::Separate, &format!("w{n}"), NO_WAIT)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut raw = ns.raw();
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(ns.key("stage:separate"))
+        .query(&mut raw)
+        .unwrap();
+    let text = format!("{groups:?}");
+    let field = |name: &str| -> i64 {
+        let redis::Value::Array(groups) = &groups else {
+            panic!("XINFO GROUPS: {text}")
+        };
+        let redis::Value::Array(fields) = &groups[0] else {
+            panic!("XINFO GROUPS entry: {text}")
+        };
+        let at = fields
+            .iter()
+            .position(|v| matches!(v, redis::Value::BulkString(b) if b == name.as_bytes()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        match &fields[at + 1] {
+            redis::Value::Int(n) => *n,
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(field("lag"), 0, "nothing waits: {text}");
+    assert_eq!(field("pending"), RUNNING as i64, "{text}");
+    let (count, ..): (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(ns.key("stage:separate"))
+        .arg("separate")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(count, RUNNING as i64);
+    assert_eq!(
+        queue.depth(Stage::Separate).await.unwrap().pending,
+        RUNNING as u64
+    );
+    for delivery in &held {
+        queue.ack(Stage::Separate, delivery).await.unwrap();
+    }
+}
