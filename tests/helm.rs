@@ -194,7 +194,12 @@ fn pod_specs(docs: &[Value]) -> Vec<(String, &Value)> {
 }
 
 fn containers(pod: &Value) -> Vec<&Value> {
-    pod["containers"]
+    list_of(pod, "containers")
+}
+
+/// The entries of a list field of `value` (none when it is absent).
+fn list_of<'a>(value: &'a Value, key: &str) -> Vec<&'a Value> {
+    value[key]
         .as_array()
         .map(|list| list.iter().collect())
         .unwrap_or_default()
@@ -903,10 +908,7 @@ fn args_of(container: &Value) -> Vec<&str> {
 }
 
 fn init_containers(pod: &Value) -> Vec<&Value> {
-    pod["initContainers"]
-        .as_array()
-        .map(|list| list.iter().collect())
-        .unwrap_or_default()
+    list_of(pod, "initContainers")
 }
 
 /// The volume mounted at `/models` in `container`, with whether it is read-only.

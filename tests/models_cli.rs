@@ -102,7 +102,29 @@ legacy_files = ["{legacy_file}"]
         .expect("catalogue");
         path
     }
+}
 
+/// `models pull tiny` of a catalogue whose only source is `checkpoint` served as its legacy
+/// file (named with its real hash prefix unless `sha8` is given); Hugging Face has nothing.
+fn pull_legacy_only(checkpoint: &str, sha8: Option<&str>) -> (Home, Output) {
+    let hosts = Hosts::new();
+    let legacy = hosts.legacy(checkpoint, sha8);
+    let server = hosts.serve(&[]);
+    let home = Home::new();
+    let catalogue = home.catalogue(&legacy);
+    let output = home.pull(
+        &catalogue,
+        &[
+            "--from",
+            &server.url("none"),
+            "--legacy-from",
+            &server.url("legacy"),
+        ],
+    );
+    (home, output)
+}
+
+impl Home {
     fn pull(&self, catalogue: &Path, extra: &[&str]) -> Output {
         self.msaas()
             .args(["models", "pull", "tiny", "--catalogue"])
@@ -432,20 +454,7 @@ fn without_hugging_face_the_legacy_file_is_fetched_resumed_and_verified() {
 
 #[test]
 fn a_checksum_mismatch_deletes_the_file_and_installs_nothing() {
-    let hosts = Hosts::new();
-    let legacy = hosts.legacy("tiny.th", Some("00000000"));
-    let server = hosts.serve(&[]);
-    let home = Home::new();
-    let catalogue = home.catalogue(&legacy);
-    let output = home.pull(
-        &catalogue,
-        &[
-            "--from",
-            &server.url("none"),
-            "--legacy-from",
-            &server.url("legacy"),
-        ],
-    );
+    let (home, output) = pull_legacy_only("tiny.th", Some("00000000"));
     let text = assert_fails_with(&output, "checksum_mismatch");
     assert!(text.contains("00000000"), "{text}");
     assert!(!home.installed("tiny"));
@@ -500,20 +509,7 @@ fn files_missing_on_both_hosts_are_an_http_error() {
 
 #[test]
 fn a_checkpoint_that_imports_a_forbidden_global_is_refused_unexecuted() {
-    let hosts = Hosts::new();
-    let legacy = hosts.legacy("forbidden_global.th", None);
-    let server = hosts.serve(&[]);
-    let home = Home::new();
-    let catalogue = home.catalogue(&legacy);
-    let output = home.pull(
-        &catalogue,
-        &[
-            "--from",
-            &server.url("none"),
-            "--legacy-from",
-            &server.url("legacy"),
-        ],
-    );
+    let (home, output) = pull_legacy_only("forbidden_global.th", None);
     let text = assert_fails_with(&output, "forbidden_global");
     assert!(!home.installed("tiny"), "{text}");
     let cases: toml::Table = std::fs::read_to_string(fixture("cases.toml"))
