@@ -3,6 +3,8 @@
 //! input the separate crate's own tests never see. Regenerate the fixture with
 //! `tools/demucs/make_cli_fixture.py`.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,6 +2,8 @@
 //! no cross-tenant visibility, and the two clients of "How it will be checked" (the old
 //! service's base64 JSON routes, and `/v1` upload → events → download).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,8 @@
 //! The client commands (`submit --wait`, `status`, `fetch`) against `msaas serve --embedded`,
 //! and a graceful SIGTERM (exit 0).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod support;
 
 use std::path::Path;

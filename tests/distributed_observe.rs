@@ -4,6 +4,8 @@
 //! this test; and after a job, the `/metrics` of ingest and of every worker show its series
 //! moved, with no job id (nor tenant) in any label.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod support;
 
 use std::collections::{BTreeMap, HashSet};

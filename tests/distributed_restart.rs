@@ -3,6 +3,8 @@
 //! code after its retries; none is left without a state change (the queue's reclaim and the
 //! janitor's sweep pick up what the crash interrupted).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod support;
 
 use std::collections::BTreeMap;

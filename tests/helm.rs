@@ -6,6 +6,8 @@
 //! turns the rendered YAML into JSON here (tools/install.d/50-kubernetes-validate). They are
 //! looked up on PATH, then in `$MSAAS_TOOLS/bin` (`make test-deps` installs them).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -2,6 +2,8 @@
 //! binary (`msaas serve --embedded` on loopback) through upload -> status -> stems, and the
 //! scenario's thresholds decide. Bigger runs are on demand (loadtest/README.md).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::path::Path;
 use std::process::Command;
 

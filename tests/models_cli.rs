@@ -3,6 +3,8 @@
 //! (`separate/tests/fixtures/demucs-checkpoints/`, see its README), and a local HTTP server laid
 //! out like Hugging Face and the legacy Demucs host (the real hosts are not reachable here).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

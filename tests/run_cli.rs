@@ -1,6 +1,8 @@
 //! End-to-end tests of `msaas run`: the real binary, the real default model (installed by
 //! `tools/setup`), the embedded backends.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,5 +1,7 @@
 //! The stage adapter against the real embedded blob store.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 #[path = "../decode/tests/common/mod.rs"]
 mod common;
 

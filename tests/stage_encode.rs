@@ -1,6 +1,8 @@
 //! The EncodeStage adapter on the embedded local-directory store: stems in at
 //! `work/{job}/stems/{stem}.wav`, encoded stems out at `results/{job}/{stem}.{ext}`.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 #[path = "../encode/tests/common/mod.rs"]
 mod common;
 

@@ -1,6 +1,8 @@
 //! The separate stage adapter on the embedded local-directory store, with the tiny identity
 //! MDX model of `separate/tests/fixtures/mdx/` (needs the ONNX Runtime library from `tools/setup`).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 

@@ -2,6 +2,8 @@
 //! ready — and starts working when the dependency comes back, instead of exiting (which on
 //! Kubernetes is a CrashLoopBackOff whose delay outgrows the outage).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod support;
 
 use std::time::{Duration, Instant};

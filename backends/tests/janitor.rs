@@ -2,6 +2,8 @@
 //! redis://127.0.0.1:6379) and on the embedded backends: retention deletes a finished job's
 //! objects and record; the sweep hands a stale job back to its stage, and a worker finishes it.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod redis_common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! subscriber, as any outside client would see them. Job ids are random, so tests running at
 //! the same time (or other users of the server) do not see each other's events.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::time::Duration;
 
 use backends::NatsEvents;

@@ -2,6 +2,8 @@
 //! worker roles' listener serves them over HTTP. The registry is per process and the tests
 //! of this file share it, so each asserts on differences (or on series only it touches).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod embedded_pipeline;
 
 use std::sync::Arc;

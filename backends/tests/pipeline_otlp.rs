@@ -3,6 +3,8 @@
 //! separate and encode chained under it, all with one trace id. Its own test binary: the
 //! tracing subscriber is global to the process.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod embedded_pipeline;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! RedisJobStore against a real Redis (MSAAS_TEST_REDIS_URL, default redis://127.0.0.1:6379):
 //! records, the compare-and-set, tenant lists, the janitor's indexes, aliases, API keys.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod redis_common;
 
 use std::collections::HashSet;

@@ -2,6 +2,8 @@
 //! AWS chain: here `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`. A test binary of its own,
 //! with one test, because it sets process environment variables.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use backends::S3Store;
 use bytes::Bytes;
 use pipeline::config::S3Config;

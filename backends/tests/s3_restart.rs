@@ -3,6 +3,8 @@
 //! the store works again without being reconnected. Also shows how other tests start a
 //! private S3 server.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -2,6 +2,8 @@
 //! `MSAAS_TEST_S3_ENDPOINT` overrides the endpoint). Each test uses a bucket of its own, created
 //! with `ensure_bucket` and removed at the end.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::path::Path;
 use std::time::Duration;
 

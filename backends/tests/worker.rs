@@ -2,6 +2,8 @@
 //! stand in for decode / separate / encode: they read and write the store at the real keys,
 //! report progress, and fail or block on cue.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

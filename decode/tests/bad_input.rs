@@ -2,6 +2,8 @@
 //! (or, for damage that ffmpeg also decodes through, a result that says what was skipped).
 //! None may panic.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use std::io::Cursor;

@@ -1,6 +1,8 @@
 //! Over-limit inputs are refused before they are fully decoded, with limit and measured value
 //! in the message.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use std::io::Cursor;

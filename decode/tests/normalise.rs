@@ -1,5 +1,7 @@
 //! What the models get: 44.1 kHz stereo, whatever came in.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use common::*;

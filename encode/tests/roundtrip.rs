@@ -1,6 +1,8 @@
 //! encode → decode with ffmpeg gives back the PCM: bit-exact for WAV and FLAC at the chosen
 //! bit depth, within a codec's error for MP3 (gapless: no offset, same length).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use std::fs::File;

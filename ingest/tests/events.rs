@@ -1,6 +1,8 @@
 //! `GET /v1/jobs/{id}/events`: snapshot first, then the transitions, ending at the terminal
 //! state — from the event bus, and from polling the record when the bus delivers nothing.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! to done by workers on the same queues, download and delete. Keys live under a random
 //! namespace, removed at the end.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use std::sync::Arc;

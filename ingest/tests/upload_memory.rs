@@ -1,6 +1,8 @@
 //! On demand (`cargo test -p ingest --test upload_memory -- --ignored`): a 500 MB upload is
 //! streamed to storage, so the process's peak memory grows by far less than the body.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! JSON log lines carry the OpenTelemetry trace and span ids of the span they were logged in.
 //! Its own test binary: it installs the global subscriber.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::TracerProvider as _;

@@ -2,6 +2,8 @@
 //! receiver is a plain HTTP server that keeps what it is sent. Its own test binary: the
 //! tracing subscriber is global to the process.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! process registry really exposes (or the DCGM exporter's / the process collector's), so a
 //! renamed metric breaks this test. The README documents every `msaas_` family.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! the input's length. Counted with a global allocator wrapper (this test binary only);
 //! ONNX Runtime's own arena is per chunk and not counted here.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

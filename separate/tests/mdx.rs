@@ -2,6 +2,8 @@
 //! (`tools/mdx/make_test_model.py`): chunking, the frequency cut, the residual stem and
 //! batching. Needs the ONNX Runtime library that `tools/setup` installs.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 use std::path::PathBuf;
 
 use audio::Pcm;

@@ -2,6 +2,8 @@
 //! `Estimator.separate` on the same input: `tests/fixtures/spleeter/`, written by
 //! `tools/spleeter/make_fixture.py`.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
+
 mod common;
 use common::Recorder;
 use std::path::PathBuf;
