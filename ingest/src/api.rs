@@ -15,8 +15,8 @@ use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
 use crate::reply::{
-    accepted_response, authorization, count_upload, json_response, only_parameters, query_pairs,
-    respond, tenant, upload_span, with_state,
+    accepted_response, authorization, count_upload, json_response, no_parameters, only_parameters,
+    query_pairs, respond, tenant, upload_span, with_state,
 };
 use crate::state::IngestState;
 use crate::stems::{remove_job, serve_stem};
@@ -111,7 +111,13 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_state(state.clone()))
         .and(authorization())
-        .then(|state, auth| async move { respond(list_models(state, auth).await) });
+        .and(no_parameters())
+        .then(|state, auth, query: Result<(), ApiError>| async move {
+            respond(match query {
+                Ok(()) => list_models(state, auth).await,
+                Err(err) => Err(err),
+            })
+        });
     // The replaced service answered `/` with a page load balancers probed; so does this one.
     let index = warp::path::end().and(warp::get()).map(index_page);
     let healthz = warp::path!("healthz")

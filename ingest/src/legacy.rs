@@ -26,7 +26,9 @@ use warp::reply::Response;
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
-use crate::reply::{authorization, count_upload, json_response, respond, tenant, upload_span};
+use crate::reply::{
+    authorization, count_upload, json_response, no_parameters, respond, tenant, upload_span,
+};
 use crate::state::IngestState;
 use crate::stems::{remove_job, serve_stem};
 use crate::upload::{self, clean_source_name};
@@ -87,14 +89,20 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization())
+        .and(no_parameters())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state, auth, headers: warp::http::HeaderMap, body| async move {
+            |state, auth, query: Result<(), ApiError>, headers: warp::http::HeaderMap, body| async move {
                 let span = upload_span(&headers, "/apiv1/separate");
-                let result = separate(state, auth, headers, byte_stream(body))
-                    .instrument(span)
-                    .await;
+                let result = match query {
+                    Ok(()) => {
+                        separate(state, auth, headers, byte_stream(body))
+                            .instrument(span)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                };
                 count_upload(&result);
                 respond(result)
             },
@@ -103,23 +111,40 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization())
-        .then(|state, auth| async move { respond(queue(state, auth).await) });
+        .and(no_parameters())
+        .then(|state, auth, query: Result<(), ApiError>| async move {
+            respond(match query {
+                Ok(()) => queue(state, auth).await,
+                Err(err) => Err(err),
+            })
+        });
     let track = warp::path!("apiv1" / "track" / String / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization())
         .and(warp::header::optional::<String>("range"))
-        .then(|hash, track, state, auth, range| async move {
-            respond(track_file(state, auth, hash, track, range).await)
-        });
-    let remove =
-        warp::path!("apiv1" / "remove" / String / String)
-            .and(warp::get().or(warp::delete()).unify())
-            .and(with_state)
-            .and(authorization())
-            .then(|hash, track, state, auth| async move {
-                respond(remove(state, auth, hash, track).await)
-            });
+        .and(no_parameters())
+        .then(
+            |hash, track, state, auth, range, query: Result<(), ApiError>| async move {
+                respond(match query {
+                    Ok(()) => track_file(state, auth, hash, track, range).await,
+                    Err(err) => Err(err),
+                })
+            },
+        );
+    let remove = warp::path!("apiv1" / "remove" / String / String)
+        .and(warp::get().or(warp::delete()).unify())
+        .and(with_state)
+        .and(authorization())
+        .and(no_parameters())
+        .then(
+            |hash, track, state, auth, query: Result<(), ApiError>| async move {
+                respond(match query {
+                    Ok(()) => remove(state, auth, hash, track).await,
+                    Err(err) => Err(err),
+                })
+            },
+        );
     separate
         .or(queue)
         .unify()

@@ -53,11 +53,27 @@ pub(crate) async fn tenant(
     state.inner.auth.tenant(authorization.as_deref()).await
 }
 
-/// Refuses any query parameter not in `allowed`.
+/// For routes that take no query parameter: the check's outcome, for the handler to answer
+/// (a refusal is the route's JSON 400, not a rejection that would read as another route's 405).
+pub(crate) fn no_parameters()
+-> impl Filter<Extract = (Result<(), ApiError>,), Error = warp::Rejection> + Clone {
+    query_pairs().map(|pairs: Vec<(String, String)>| only_parameters(&pairs, &[]))
+}
+
+/// Refuses any query parameter not in `allowed`, and any given twice.
 pub(crate) fn only_parameters(
     pairs: &[(String, String)],
     allowed: &[&str],
 ) -> Result<(), ApiError> {
+    if let Some((_, (name, _))) = pairs
+        .iter()
+        .enumerate()
+        .find(|(index, (name, _))| pairs[..*index].iter().any(|(seen, _)| seen == name))
+    {
+        return Err(ApiError::bad_request(format!(
+            "parameter {name:?} is given more than once"
+        )));
+    }
     match pairs
         .iter()
         .find(|(name, _)| !allowed.contains(&name.as_str()))

@@ -345,6 +345,55 @@ async fn every_bad_request_is_refused_with_its_code_and_queues_nothing() {
             status: 400,
             code: "bad_request",
         },
+        Case {
+            name: "repeated list limit",
+            request: client
+                .get(server.url("/v1/jobs?limit=1&limit=2"))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
+            name: "models with a parameter",
+            request: client
+                .get(server.url("/v1/models?x=1"))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
+            name: "legacy queue with a parameter",
+            request: client
+                .get(server.url("/apiv1/queue?all=1"))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
+            name: "legacy track with a parameter",
+            request: client
+                .get(server.url("/apiv1/track/abc/vocals?x=1"))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
+            name: "legacy remove with a parameter",
+            request: client
+                .get(server.url("/apiv1/remove/abc/vocals?x=1"))
+                .header("authorization", auth.clone()),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
+            name: "legacy upload with a parameter",
+            request: client
+                .post(server.url("/apiv1/separate?model=tiny"))
+                .header("authorization", auth.clone())
+                .body(r#"{"mp3":"UklGRg=="}"#),
+            status: 400,
+            code: "bad_request",
+        },
     ];
     for case in cases {
         let response = tokio::time::timeout(Duration::from_secs(10), case.request.send())
