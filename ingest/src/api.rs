@@ -39,6 +39,7 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .and(authorization())
         .and(query_pairs())
         .and(warp::header::headers_cloned())
+        .and(form_data_only())
         .and(warp::multipart::form().max_length(None))
         .then(|state, auth, query, headers: HeaderMap, form| async move {
             let span = upload_span(&headers, "/v1/jobs");
@@ -442,4 +443,23 @@ fn index_page() -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+/// Passes only `multipart/form-data` bodies on to warp's form parser, which takes any
+/// Content-Type with a `boundary` (`multipart/mixed`, even `audio/wav; boundary=x`); everything
+/// else goes to the raw upload route, which refuses other multipart types by name.
+fn form_data_only() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|content_type: Option<String>| async move {
+            let essence = content_type
+                .as_deref()
+                .and_then(|value| value.split(';').next())
+                .map(|essence| essence.trim().to_ascii_lowercase());
+            if essence.as_deref() == Some("multipart/form-data") {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }

@@ -386,6 +386,23 @@ async fn every_bad_request_is_refused_with_its_code_and_queues_nothing() {
             code: "bad_request",
         },
         Case {
+            name: "multipart that is not form-data",
+            request: client
+                .post(server.url("/v1/jobs"))
+                .header("authorization", auth.clone())
+                .header("content-type", "multipart/mixed; boundary=b")
+                .body(
+                    [
+                        &b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"[..],
+                        &wav_body(100),
+                        &b"\r\n--b--\r\n"[..],
+                    ]
+                    .concat(),
+                ),
+            status: 400,
+            code: "bad_request",
+        },
+        Case {
             name: "legacy upload with a parameter",
             request: client
                 .post(server.url("/apiv1/separate?model=tiny"))
