@@ -277,7 +277,7 @@ fn http_client() -> Result<reqwest::Client, CatalogueError> {
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(concat!("msaas/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| CatalogueError::ConverterUnavailable(format!("HTTP client: {e}")))
+        .map_err(|e| CatalogueError::io("building the HTTP client", std::io::Error::other(e)))
 }
 
 fn join_url(base: &str, path: &str) -> String {

@@ -87,13 +87,8 @@ async fn an_old_client_gets_its_songhash_its_callback_and_its_stems() {
         objects,
         "the second body was not stored"
     );
-    let queue: serde_json::Value = server
-        .client
-        .get(server.url("/apiv1/queue"))
-        .header("authorization", bearer(ACME_KEY))
-        .send()
+    let queue: serde_json::Value = get(&server, "/apiv1/queue", ACME_KEY)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -107,26 +102,14 @@ async fn an_old_client_gets_its_songhash_its_callback_and_its_stems() {
     let done = server.wait_terminal(job_id.as_str()).await;
     assert_eq!(done.state, pipeline::JobState::Done);
 
-    let track = server
-        .client
-        .get(server.url("/apiv1/track/a1b2c3d4e5/vocals.wav"))
-        .header("authorization", bearer(ACME_KEY))
-        .send()
-        .await
-        .unwrap();
+    let track = get(&server, "/apiv1/track/a1b2c3d4e5/vocals.wav", ACME_KEY).await;
     assert_eq!(track.status(), 200);
     assert_eq!(
         track.bytes().await.unwrap().to_vec(),
         fake_stem_bytes(&done, "vocals")
     );
     // Another tenant cannot use the handle.
-    let other = server
-        .client
-        .get(server.url("/apiv1/track/a1b2c3d4e5/vocals"))
-        .header("authorization", bearer(BETA_KEY))
-        .send()
-        .await
-        .unwrap();
+    let other = get(&server, "/apiv1/track/a1b2c3d4e5/vocals", BETA_KEY).await;
     assert_eq!(other.status(), 404);
 
     let delivered = tokio::time::timeout(Duration::from_secs(10), async {
@@ -159,13 +142,7 @@ async fn an_old_client_gets_its_songhash_its_callback_and_its_stems() {
         .await
         .unwrap();
     assert_eq!(removed.status(), 200);
-    let gone = server
-        .client
-        .get(server.url("/apiv1/track/a1b2c3d4e5/vocals"))
-        .header("authorization", bearer(ACME_KEY))
-        .send()
-        .await
-        .unwrap();
+    let gone = get(&server, "/apiv1/track/a1b2c3d4e5/vocals", ACME_KEY).await;
     assert_eq!(gone.status(), 404);
     server.stop().await;
 }

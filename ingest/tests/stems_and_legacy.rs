@@ -8,16 +8,6 @@ mod common;
 use base64::Engine;
 use common::*;
 
-async fn get(server: &Server, path: &str, key: &str) -> reqwest::Response {
-    server
-        .client
-        .get(server.url(path))
-        .header("authorization", bearer(key))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn stems_download_when_done() {
     let server = start().await;

@@ -261,6 +261,17 @@ pub fn wav_body(len: usize) -> Vec<u8> {
     body
 }
 
+/// `GET path` with `key` as the bearer key.
+pub async fn get(server: &Server, path: &str, key: &str) -> reqwest::Response {
+    server
+        .client
+        .get(server.url(path))
+        .header("authorization", bearer(key))
+        .send()
+        .await
+        .expect("GET")
+}
+
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
