@@ -15,6 +15,8 @@ struct Inner {
     jobs: HashMap<JobId, (u64, Job)>,
     next_seq: u64,
     aliases: HashMap<String, JobId>,
+    /// Per tenant: the fixed window counted last, and its uploads.
+    uploads: HashMap<String, (u64, u64)>,
 }
 
 /// The in-memory [`JobStore`]. Cheap to clone (shared state).
@@ -153,6 +155,34 @@ impl JobStore for MemoryJobStore {
             .get(alias)
             .filter(|bound| inner.jobs.contains_key(*bound))
             .cloned())
+    }
+
+    async fn active_count(&self, tenant: &str) -> Result<u64, BackendError> {
+        Ok(self
+            .read()
+            .jobs
+            .values()
+            .filter(|(_, job)| job.tenant == tenant && !job.state.is_terminal())
+            .count() as u64)
+    }
+
+    async fn count_upload(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<u64, BackendError> {
+        let window = now_ms / window_ms.max(1);
+        let mut inner = self.write();
+        let entry = inner
+            .uploads
+            .entry(tenant.to_owned())
+            .or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        entry.1 += 1;
+        Ok(entry.1)
     }
 }
 

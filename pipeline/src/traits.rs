@@ -232,6 +232,17 @@ pub trait JobStore: Send + Sync {
     async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError>;
     /// The job `alias` is bound to, if any (and if that record still exists).
     async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError>;
+    /// How many of the tenant's jobs are not in a terminal state (what a per-tenant cap on
+    /// unfinished jobs counts). Kept with the records, so every ingest replica sees it.
+    async fn active_count(&self, tenant: &str) -> Result<u64, BackendError>;
+    /// Counts one upload of `tenant` in the fixed window of `window_ms` that holds `now_ms`
+    /// and returns that window's count, this one included (a per-tenant upload rate).
+    async fn count_upload(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<u64, BackendError>;
 }
 
 /// Reacts to a job's transitions in the process that makes them (metrics, webhooks). Called

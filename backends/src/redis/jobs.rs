@@ -28,6 +28,9 @@ static BIND_ALIAS: LazyLock<Script> =
 const PENDING_ALIAS_TTL: Duration = Duration::from_secs(300);
 /// Records read per round trip when listing.
 const PAGE: usize = 100;
+
+/// Suffix, after `{ns}:tenant:{tenant}`, of the tenant's set of unfinished jobs.
+const ACTIVE_SUFFIX: &str = ":active";
 /// The safety-net expiry of a finished record outlives the retention by this much, so the
 /// janitor (which also deletes the objects) normally gets there first.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(24 * 3600);
@@ -122,6 +125,16 @@ impl RedisJobStore {
         format!("{}:tenant:{tenant}:jobs", self.namespace)
     }
 
+    /// The tenant's unfinished jobs (a set): what `tenants.max_active_jobs` counts.
+    fn active_key(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}{ACTIVE_SUFFIX}", self.namespace)
+    }
+
+    /// The tenant's uploads in one fixed window (a counter that expires after it).
+    fn uploads_key(&self, tenant: &str, window: u64) -> String {
+        format!("{}:tenant:{tenant}:uploads:{window}", self.namespace)
+    }
+
     fn stale_key(&self) -> String {
         format!("{}:jobs:stale", self.namespace)
     }
@@ -193,6 +206,7 @@ impl JobStore for RedisJobStore {
             .key(self.expired_key())
             .key(self.sequence_key())
             .key(self.aliases_key(id))
+            .key(self.active_key(&job.tenant))
             .arg(id)
             .arg(Self::encode(job)?)
             .arg(job.state.as_str())
@@ -237,6 +251,7 @@ impl JobStore for RedisJobStore {
             .key(self.stale_key())
             .key(self.expired_key())
             .key(self.aliases_key(id))
+            .key(self.active_key(&next.tenant))
             .arg(expected.as_str())
             .arg(expected_attempt)
             .arg(Self::encode(next)?)
@@ -306,7 +321,8 @@ impl JobStore for RedisJobStore {
             .arg(id)
             .arg(self.alias_key_prefix())
             .arg(format!("{}:tenant:", self.namespace))
-            .arg(":jobs");
+            .arg(":jobs")
+            .arg(ACTIVE_SUFFIX);
         invocation
             .invoke_async::<i64>(&mut conn)
             .await
@@ -391,5 +407,33 @@ impl JobStore for RedisJobStore {
             .await
             .map_err(|err| redis_error("EXISTS job", err))?;
         Ok(if exists { bound.parse().ok() } else { None })
+    }
+
+    async fn active_count(&self, tenant: &str) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        conn.scard(self.active_key(tenant))
+            .await
+            .map_err(|err| redis_error("SCARD active jobs", err))
+    }
+
+    async fn count_upload(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<u64, BackendError> {
+        let window_ms = window_ms.max(1);
+        let key = self.uploads_key(tenant, now_ms / window_ms);
+        let mut conn = self.conn.clone();
+        // One transaction: a counter never outlives its window for want of an expiry.
+        let (count,): (u64,) = ::redis::pipe()
+            .atomic()
+            .incr(&key, 1u64)
+            .pexpire(&key, (2 * window_ms) as i64)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("INCR uploads", err))?;
+        Ok(count)
     }
 }

@@ -1,6 +1,7 @@
 -- Creates a job record unless the id exists, and indexes it.
 -- KEYS[1] record hash, KEYS[2] tenant index zset, KEYS[3] stale zset, KEYS[4] expired zset,
--- KEYS[5] creation sequence counter, KEYS[6] the job's alias set
+-- KEYS[5] creation sequence counter, KEYS[6] the job's alias set, KEYS[7] the tenant's set of
+-- unfinished jobs
 -- ARGV[1] id, ARGV[2] json, ARGV[3] state, ARGV[4] attempt, ARGV[5] tenant, ARGV[6] created_ms,
 -- ARGV[7] updated_ms, ARGV[8] "1" if the state is terminal, ARGV[9] safety-net TTL in seconds,
 -- ARGV[10] alias key prefix
@@ -20,6 +21,7 @@ if terminal then
   redis.call('EXPIRE', KEYS[1], ARGV[9])
 else
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+  redis.call('SADD', KEYS[7], ARGV[1])
 end
 -- Aliases bound before the record existed now live as long as it does.
 for _, alias in ipairs(redis.call('SMEMBERS', KEYS[6])) do
