@@ -664,6 +664,12 @@ fn rendered_env_is_a_valid_msaas_config_for_each_role() {
                 assert_eq!(args, ["ingest"]);
                 assert_eq!(config.server.listen, format!("0.0.0.0:{port}"));
                 assert!(config.auth.keys_file.is_some(), "{profile}: no keys file");
+                // A deployed API caps each tenant and bounds slow clients (values.yaml).
+                assert_eq!(config.tenants.max_active_jobs, 100, "{profile}");
+                assert_eq!(config.tenants.uploads_per_minute, 120, "{profile}");
+                assert_eq!(config.server.header_timeout_secs, 30, "{profile}");
+                assert_eq!(config.server.body_idle_timeout_secs, 60, "{profile}");
+                assert_eq!(config.server.max_connections, 1024, "{profile}");
             } else {
                 assert_eq!(args, ["worker", role]);
                 assert_eq!(config.observe.metrics_listen, format!("0.0.0.0:{port}"));

@@ -41,6 +41,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     BadRequest,
     Conflict,
+    /// A tenant's cap (jobs not finished, uploads per minute) reached: retry later.
+    RateLimited,
+    /// The server has too many open connections: retry shortly.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -73,6 +77,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadRequest => "bad_request",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
         }
     }
 

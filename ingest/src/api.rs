@@ -14,6 +14,7 @@ use warp::{Filter, Reply};
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
+use crate::quota;
 use crate::reply::{
     accepted_response, authorization, count_upload, json_response, no_parameters, only_parameters,
     query_pairs, respond, tenant, upload_span, with_state,
@@ -229,6 +230,7 @@ async fn upload_raw(
     if let Some(accepted) = upload::replay(&state, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
+    quota::admit_upload(&state, &tenant).await?;
     let name = clean_source_name(input.filename());
     let stored = upload::store(&state, &tenant, options, name, body).await?;
     let accepted = upload::commit(&state, stored, &aliases).await?;
@@ -250,6 +252,7 @@ async fn upload_multipart(
     if let Some(accepted) = upload::replay(&state, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
+    quota::admit_upload(&state, &tenant).await?;
     let mut stored: Option<Stored> = None;
     let read = read_form(&state, &tenant, &mut input, &mut form, &mut stored).await;
     let stored = match (read, stored) {

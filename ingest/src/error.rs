@@ -13,8 +13,9 @@
 //! | 415 | `unsupported_media_type` (the body is not audio, or a non-audio `Content-Type`) |
 //! | 416 | `bad_request` (unsatisfiable `Range`) |
 //! | 422 | `invalid_option` (unknown model / stem / format, inconsistent options) |
+//! | 429 | `rate_limited` (a tenant cap: jobs not finished, uploads per minute; with `Retry-After`) |
 //! | 431 | hyper's own answer to a request head over its buffer (no JSON body) |
-//! | 503 | `storage_unavailable`, `queue_unavailable`, `events_unavailable` |
+//! | 503 | `storage_unavailable`, `queue_unavailable`, `events_unavailable`, `overloaded` (too many open connections; answered before the request is read) |
 //! | 500 | anything else (`io`, `internal`) |
 
 use pipeline::{CodedError, ErrorCode};
@@ -54,6 +55,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429 and 503 answers.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// The HTTP status of an error code (see the module docs).
@@ -70,7 +73,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidOption | ErrorCode::UnknownModel | ErrorCode::UnknownStem => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::StorageUnavailable
+        | ErrorCode::Overloaded
         | ErrorCode::QueueUnavailable
         | ErrorCode::EventsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +88,7 @@ impl ApiError {
             status: status_for(code),
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -96,6 +102,11 @@ impl ApiError {
 
     pub fn invalid_option(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidOption, message)
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_secs = Some(seconds);
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -115,6 +126,11 @@ impl ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"msaas\""),
             );
+        }
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

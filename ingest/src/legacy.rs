@@ -13,9 +13,8 @@
 //!
 //! Same authentication, same JSON errors, same tenant isolation as `/v1`.
 
-use base64::Engine;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+mod json_body;
+
 use serde::Deserialize;
 use serde_json::json;
 use warp::Filter;
@@ -23,20 +22,25 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::body::{byte_stream, collect_limited};
+use crate::body::byte_stream;
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
+use crate::quota;
 use crate::reply::{
     authorization, count_upload, json_response, no_parameters, respond, tenant, upload_span,
 };
 use crate::state::IngestState;
 use crate::stems::{remove_job, serve_stem};
 use crate::upload::{self, clean_source_name};
+use json_body::BodyError;
 use tracing::Instrument;
 
+/// The fields of the body other than the audio (`mp3`, read as it streams).
 #[derive(Debug, Deserialize)]
-struct SeparateRequest {
-    mp3: Option<String>,
+struct SeparateFields {
+    /// Only here when it is not a string (refused; `null` is taken as absent).
+    #[serde(default)]
+    mp3: Option<serde_json::Value>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
@@ -162,27 +166,124 @@ async fn separate(
     body: pipeline::traits::ByteStream,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&state, authorization).await?;
+    let max_input = state.inner.max_input_bytes;
     // Base64 is 4/3 of the audio, plus the JSON around it.
-    let limit = state.inner.max_input_bytes.saturating_mul(4) / 3 + 64 * 1024;
+    let limit = max_input.saturating_mul(4) / 3 + json_body::MAX_OTHER_FIELDS as u64 + 1024;
     let declared = headers
         .get(warp::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(upload::too_large(state.inner.max_input_bytes));
+        return Err(upload::too_large(max_input));
     }
-    let body = collect_limited(body, limit)
-        .await
-        .map_err(|err| ApiError::bad_request(format!("the request could not be read: {err}")))?
-        .ok_or_else(|| upload::too_large(state.inner.max_input_bytes))?;
-    let request: SeparateRequest = serde_json::from_slice(&body).map_err(|err| {
-        ApiError::bad_request(format!("the body is not the expected JSON: {err}"))
-    })?;
-    let encoded = request
-        .mp3
-        .ok_or_else(|| ApiError::bad_request("the JSON has no \"mp3\" field (base64 audio)"))?;
-    let audio = decode_audio(&encoded)
-        .map_err(|err| ApiError::bad_request(format!("\"mp3\" is not valid base64: {err}")))?;
+    let header_aliases = upload::idempotency_aliases(&tenant, &headers)?;
+    let (state, tenant, header_aliases) = (&state, tenant.as_str(), header_aliases.as_slice());
+
+    // The fields before `mp3` are checked before anything is stored; the song streams into
+    // the store while the body is read.
+    let on_audio = |fields, audio| async move {
+        let prepared = match prepare(state, tenant, header_aliases, fields) {
+            Ok(prepared) => prepared,
+            Err(err) => return AudioOutcome::Refused(err),
+        };
+        match upload::replay(state, &prepared.aliases).await {
+            Ok(Some(accepted)) => return AudioOutcome::Replayed(accepted),
+            Ok(None) => {}
+            Err(err) => return AudioOutcome::Refused(err),
+        }
+        if let Err(err) = quota::admit_upload(state, tenant).await {
+            return AudioOutcome::Refused(err);
+        }
+        match upload::store(state, tenant, prepared.options, prepared.name, audio).await {
+            Ok(stored) => AudioOutcome::Stored(stored),
+            Err(err) => AudioOutcome::Refused(err),
+        }
+    };
+    let (fields, outcome) = match json_body::read(body, limit, on_audio).await {
+        (Ok(fields), outcome) => (fields, outcome),
+        (Err(BodyError::Abandoned), Some(AudioOutcome::Refused(refusal))) => return Err(refusal),
+        (Err(BodyError::Abandoned), Some(AudioOutcome::Replayed(accepted))) => {
+            return Ok(separate_response(&accepted.job));
+        }
+        (Err(err), outcome) => {
+            if let Some(AudioOutcome::Stored(stored)) = outcome {
+                upload::discard(state, stored).await;
+            }
+            return Err(body_error(err, max_input));
+        }
+    };
+    let prepared = prepare(state, tenant, header_aliases, fields);
+    let mut stored = match outcome {
+        None => {
+            prepared?;
+            return Err(ApiError::bad_request(
+                "the JSON has no \"mp3\" field (base64 audio)",
+            ));
+        }
+        // Read to its end: a bad field is the answer, as when the fields came first.
+        Some(AudioOutcome::Refused(err)) => {
+            prepared?;
+            return Err(err);
+        }
+        Some(AudioOutcome::Replayed(accepted)) => return Ok(separate_response(&accepted.job)),
+        Some(AudioOutcome::Stored(stored)) => stored,
+    };
+    // The whole body is read: the fields after `mp3` count too.
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            upload::discard(state, stored).await;
+            return Err(err);
+        }
+    };
+    match upload::replay(state, &prepared.aliases).await {
+        Ok(None) => {}
+        Ok(Some(accepted)) => {
+            upload::discard(state, stored).await;
+            return Ok(separate_response(&accepted.job));
+        }
+        Err(err) => {
+            upload::discard(state, stored).await;
+            return Err(err);
+        }
+    }
+    let job = stored.job_mut();
+    job.options = prepared.options;
+    job.source_name = prepared.name;
+    let accepted = upload::commit(state, stored, &prepared.aliases).await?;
+    Ok(separate_response(&accepted.job))
+}
+
+/// What became of the song while the body was read.
+enum AudioOutcome {
+    Stored(upload::Stored),
+    /// A songhash (or Idempotency-Key) among the fields before `mp3` names an earlier job.
+    Replayed(upload::Accepted),
+    Refused(ApiError),
+}
+
+/// What a legacy upload's fields ask for, checked.
+struct Prepared {
+    options: pipeline::JobOptions,
+    aliases: Vec<String>,
+    name: String,
+}
+
+fn prepare(
+    state: &IngestState,
+    tenant: &str,
+    header_aliases: &[String],
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<Prepared, ApiError> {
+    let request: SeparateFields = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|err| {
+            ApiError::bad_request(format!("the body is not the expected JSON: {err}"))
+        })?;
+    if request.mp3.as_ref().is_some_and(|mp3| !mp3.is_null()) {
+        return Err(ApiError::bad_request(
+            "\"mp3\" must be a string of base64 audio",
+        ));
+    }
     let mut input = OptionInput::default();
     if let Some(model) = request.model {
         input.add("model", model)?;
@@ -204,45 +305,29 @@ async fn separate(
             Some(data.unwrap_or(serde_json::Value::Null))
         }
     };
-    let mut options = input.build(&state)?;
+    let mut options = input.build(state)?;
     options.callback_data = callback_data;
-    let mut aliases = upload::idempotency_aliases(&tenant, &headers)?;
+    let mut aliases = header_aliases.to_vec();
     if let Some(songhash) = request.songhash {
         check_songhash(&songhash)?;
-        aliases.push(upload::songhash_alias(&tenant, &songhash));
+        aliases.push(upload::songhash_alias(tenant, &songhash));
         options.songhash = Some(songhash);
     }
-    if let Some(accepted) = upload::replay(&state, &aliases).await? {
-        return Ok(separate_response(&accepted.job));
-    }
-    if audio.len() as u64 > state.inner.max_input_bytes {
-        return Err(upload::too_large(state.inner.max_input_bytes));
-    }
     let name = clean_source_name(request.name.as_deref().or(Some("song.mp3")));
-    let stream = futures::StreamExt::boxed(futures::stream::iter([Ok(bytes::Bytes::from(audio))]));
-    let stored = upload::store(&state, &tenant, options, name, stream).await?;
-    let accepted = upload::commit(&state, stored, &aliases).await?;
-    Ok(separate_response(&accepted.job))
+    Ok(Prepared {
+        options,
+        aliases,
+        name,
+    })
 }
 
-/// Standard base64, padded or not, possibly wrapped in lines or in a `data:` URL, as the
-/// old service's clients sent it.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-fn decode_audio(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    let text = text.trim();
-    let payload = match text.strip_prefix("data:") {
-        Some(url) => url.split_once("base64,").map_or(url, |(_, data)| data),
-        None => text,
-    };
-    let compact: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    LENIENT_BASE64.decode(compact)
+fn body_error(err: BodyError, max_input: u64) -> ApiError {
+    match err {
+        BodyError::Malformed(message) => ApiError::bad_request(message),
+        BodyError::TooLarge => upload::too_large(max_input),
+        BodyError::Read(_) => ApiError::bad_request(err.to_string()),
+        BodyError::Abandoned => ApiError::new(pipeline::ErrorCode::Internal, err.to_string()),
+    }
 }
 
 fn separate_response(job: &pipeline::Job) -> Response {
@@ -374,19 +459,6 @@ async fn job_by_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_as_old_clients_sent_it() {
-        let audio = b"RIFF\x24\0\0\0WAVEfmt x";
-        let padded = base64::engine::general_purpose::STANDARD.encode(audio);
-        let unpadded = padded.trim_end_matches('=').to_owned();
-        let wrapped = format!("{}\n{}", &padded[..8], &padded[8..]);
-        let data_url = format!("data:audio/wav;base64,{padded}");
-        for text in [&padded, &unpadded, &wrapped, &data_url] {
-            assert_eq!(decode_audio(text).unwrap(), audio, "{text}");
-        }
-        assert!(decode_audio("!!!").is_err());
-    }
 
     #[test]
     fn tracks_name_stems() {

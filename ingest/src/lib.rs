@@ -11,8 +11,10 @@ mod events;
 mod legacy;
 mod openapi;
 mod options;
+mod quota;
 mod reply;
 mod routes;
+mod serve;
 mod sniff;
 mod state;
 mod stems;
@@ -29,6 +31,7 @@ pub use error::{ApiError, IngestError, status_for};
 pub use openapi::openapi;
 pub use options::UPLOAD_PARAMETERS;
 pub use routes::ROUTES;
+pub use serve::ServerLimits;
 pub use sniff::sniff;
 pub use state::{IngestState, ModelInfo};
 
@@ -38,8 +41,8 @@ pub fn routes(state: IngestState) -> warp::filters::BoxedFilter<(warp::reply::Re
 }
 
 /// Listens on `addr` (port 0: any free port) and returns the bound address with the future
-/// that serves until `shutdown` is cancelled. Shutdown is graceful: no new connections,
-/// requests in flight finish, event streams end.
+/// that serves until `shutdown` is cancelled, under the state's [`ServerLimits`]. Shutdown
+/// is graceful: no new connections, requests in flight finish, event streams end.
 pub async fn bind(
     state: IngestState,
     addr: SocketAddr,
@@ -52,9 +55,10 @@ pub async fn bind(
         .local_addr()
         .map_err(|source| IngestError::Bind { addr, source })?;
     state.stop_streams_on(shutdown.clone());
-    let server = warp::serve(routes::all(state))
-        .incoming(listener)
-        .graceful(shutdown.cancelled_owned());
-    tracing::info!(addr = %local, "ingest listening");
-    Ok((local, server.run()))
+    let limits = state.inner.server_limits;
+    tracing::info!(addr = %local, ?limits, "ingest listening");
+    Ok((
+        local,
+        serve::serve(listener, routes::all(state), limits, shutdown),
+    ))
 }

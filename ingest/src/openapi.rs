@@ -23,7 +23,7 @@ fn common_errors() -> Value {
     json!({
         "401": error_response("missing or invalid API key (`unauthorized`)"),
         "404": error_response("no such job, or another tenant's (`not_found`)"),
-        "503": error_response("storage or queue unavailable"),
+        "503": error_response("storage or queue unavailable; or too many open connections (`overloaded`, with `Retry-After`)"),
     })
 }
 
@@ -101,6 +101,7 @@ pub fn openapi() -> Value {
                         "413": error_response("upload over the size limit (`payload_too_large`)"),
                         "415": error_response("not audio (`unsupported_media_type`)"),
                         "422": error_response("unknown model / stem / format, invalid options (`invalid_option`)"),
+                        "429": error_response("a tenant cap reached: jobs not finished, uploads per minute (`rate_limited`, with `Retry-After`)"),
                     })),
                 },
                 "get": {
@@ -148,7 +149,8 @@ pub fn openapi() -> Value {
                          "responses": with_common(json!({"200": {"description": "queued", "content": {"application/json": {"schema": {"type": "object", "properties": {
                              "hash": {"type": "string"}, "status": {"type": "string"}, "model": {"type": "string"}, "reason": {"type": "string"}}}}}},
                              "400": error_response("bad JSON or base64 (`bad_request`)"),
-                             "413": error_response("too large"), "415": error_response("not audio"), "422": error_response("unknown model")}))},
+                             "413": error_response("too large"), "415": error_response("not audio"), "422": error_response("unknown model"),
+                             "429": error_response("a tenant cap reached (`rate_limited`, with `Retry-After`)")}))},
             },
             "/apiv1/queue": {"get": {"summary": "Legacy: the caller's jobs", "responses": with_common(json!({"200": {"description": "queue"}}))}},
             "/apiv1/track/{hash}/{track}": {

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use pipeline::callback::TargetPolicy;
+use pipeline::config::TenantsConfig;
 use pipeline::{Backends, Config, Job, JobId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, KeyDirectory};
 use crate::error::{ApiError, IngestError};
+use crate::serve::ServerLimits;
 
 /// A model callers may name in `model`, as `GET /v1/models` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,10 @@ pub(crate) struct Inner {
     /// Where `callback_url` may point.
     pub callbacks: TargetPolicy,
     pub auth: Auth,
+    /// What one listener lets its clients hold.
+    pub server_limits: ServerLimits,
+    /// Per-tenant caps.
+    pub tenants: TenantsConfig,
     /// Cancelled when the server shuts down: ends event streams so the graceful shutdown
     /// does not wait for them.
     pub shutdown: CancellationToken,
@@ -75,6 +81,8 @@ impl IngestState {
                 dedup: config.jobs.dedup,
                 callbacks: TargetPolicy::for_config(config),
                 auth,
+                server_limits: ServerLimits::from_config(&config.server),
+                tenants: config.tenants.clone(),
                 shutdown: CancellationToken::new(),
             }),
         })

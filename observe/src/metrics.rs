@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     uploads_accepted: IntCounter,
     upload_bytes: IntCounter,
     uploads_rejected: IntCounterVec,
+    connections_refused: IntCounter,
+    tenant_limited: IntCounterVec,
     realtime_factor: HistogramVec,
     audio_seconds: CounterVec,
     model_load: HistogramVec,
@@ -154,6 +156,16 @@ impl Metrics {
             "Uploads refused, by error code.",
             &["code"],
         )?;
+        let connections_refused = IntCounter::new(
+            "msaas_http_connections_refused_total",
+            "Connections answered 503 overloaded: server.max_connections were open.",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        let tenant_limited = counter_vec(
+            "msaas_tenant_limited_total",
+            "Requests answered 429 because a tenant reached a cap, by cap (active_jobs, uploads_per_minute).",
+            &["limit"],
+        )?;
         let realtime_factor = histogram_vec(
             "msaas_separation_realtime_factor",
             "Seconds of separation compute per second of audio, per model.",
@@ -211,6 +223,8 @@ impl Metrics {
             uploads_accepted,
             upload_bytes,
             uploads_rejected,
+            connections_refused,
+            tenant_limited,
             realtime_factor,
             audio_seconds,
             model_load,
@@ -289,6 +303,16 @@ pub fn upload_rejected(code: &str) {
         .uploads_rejected
         .with_label_values(&[bounded_code(code)])
         .inc();
+}
+
+/// A connection refused at the open-connection cap.
+pub fn connection_refused() {
+    metrics().connections_refused.inc();
+}
+
+/// A request refused at a tenant cap (`active_jobs`, `uploads_per_minute`).
+pub fn tenant_limited(limit: &'static str) {
+    metrics().tenant_limited.with_label_values(&[limit]).inc();
 }
 
 /// A job reached a terminal state (`done`, `failed`, `cancelled`).

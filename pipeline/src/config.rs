@@ -80,6 +80,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub tenants: TenantsConfig,
     pub jobs: JobsConfig,
     pub callbacks: CallbacksConfig,
     pub observe: ObserveConfig,
@@ -97,6 +98,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
+            tenants: TenantsConfig::default(),
             jobs: JobsConfig::default(),
             callbacks: CallbacksConfig::default(),
             observe: ObserveConfig::default(),
@@ -329,14 +331,35 @@ impl WorkerConfig {
 pub struct ServerConfig {
     /// `ip:port` the HTTP API listens on.
     pub listen: String,
+    /// Seconds a client has to send a whole request head (also the idle limit of a
+    /// kept-alive connection between requests).
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may stop arriving before its request fails (400).
+    pub body_idle_timeout_secs: u64,
+    /// Open connections at most per listener; more are answered 503 `overloaded`.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
+}
+
+/// What one tenant may hold at once, so that no tenant starves the others. Over a cap, the
+/// API answers 429 `rate_limited` with `Retry-After`. 0: no cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Jobs not yet finished (queued or running) per tenant.
+    pub max_active_jobs: u64,
+    /// Uploads accepted per tenant in a minute (a fixed window, counted where jobs are).
+    pub uploads_per_minute: u64,
 }
 
 /// Who may call the HTTP API: every request names an API key (`Authorization: Bearer`), each
@@ -744,6 +767,21 @@ impl Config {
                 "must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
             );
         }
+        for (key, value) in [
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            (
+                "server.body_idle_timeout_secs",
+                self.server.body_idle_timeout_secs,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                problem(key, &value, "must be at least 1");
+            }
+        }
         if self.auth.anonymous
             && !self
                 .server
@@ -1127,6 +1165,7 @@ backoff_base_ms = 200
                 ("worker.backoff_base_ms", "5000"),
                 ("worker.backoff_max_ms", "100"),
                 ("server.listen", "localhost"),
+                ("server.max_connections", "0"),
             ])
             .unwrap();
         let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
@@ -1144,6 +1183,7 @@ backoff_base_ms = 200
             "worker.max_attempts = 0: must be at least 1",
             "worker.backoff_max_ms = 100: must not be less than worker.backoff_base_ms (5000)",
             "server.listen = \"localhost\": must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
+            "server.max_connections = 0: must be at least 1",
         ];
         for line in expected {
             assert!(

@@ -54,6 +54,8 @@ pub struct Options {
     pub hooks: Vec<Arc<dyn pipeline::TransitionHook>>,
     /// Replaces the in-memory queue and job records (e.g. with Redis).
     pub queue_and_jobs: Option<(Arc<dyn pipeline::StageQueue>, Arc<dyn pipeline::JobStore>)>,
+    /// Changes the config before the server starts (timeouts, caps).
+    pub tune: fn(&mut Config),
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             events: None,
             hooks: Vec::new(),
             queue_and_jobs: None,
+            tune: |_| {},
         }
     }
 }
@@ -94,6 +97,7 @@ pub async fn start_with(options: Options) -> Server {
     config.limits.max_input_bytes = options.max_input_bytes;
     config.jobs.dedup = options.dedup;
     config.models.default_model = "tiny".into();
+    (options.tune)(&mut config);
     let state = IngestState::new(backends.clone(), &config, models(), None).expect("state");
     let shutdown = CancellationToken::new();
     let (addr, serve) = ingest::bind(state, "127.0.0.1:0".parse().unwrap(), shutdown.clone())
