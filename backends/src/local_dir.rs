@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use pipeline::traits::{BackendError, BlobStore, ByteStream, Location, PutOutcome};
+use pipeline::traits::{BackendError, BlobStore, ByteStream, Location, ObjectInfo, PutOutcome};
 
 /// Marks temporary files; keys containing it are refused so no object can collide with one.
 const TEMP_MARKER: &str = ".msaas-tmp.";
@@ -332,6 +332,73 @@ impl BlobStore for LocalDirStore {
             Err(err) => Err(not_found_as(key, err)),
         }
     }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, BackendError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let mut objects = Vec::new();
+            walk(&root, "", &prefix, &mut objects)?;
+            objects.sort_by(|a: &ObjectInfo, b| a.key.cmp(&b.key));
+            Ok(objects
+                .into_iter()
+                .filter(|object| {
+                    start_after
+                        .as_deref()
+                        .is_none_or(|after| object.key.as_str() > after)
+                })
+                .take(limit)
+                .collect())
+        })
+        .await
+        .map_err(|err| BackendError::Storage(format!("listing the local store: {err}")))?
+    }
+}
+
+/// Every object (file with a valid key: no write in progress) under `dir`, whose key is
+/// `relative`, that starts with `prefix`. Folders that cannot hold such keys are not entered.
+fn walk(
+    dir: &Path,
+    relative: &str,
+    prefix: &str,
+    objects: &mut Vec<ObjectInfo>,
+) -> Result<(), BackendError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let key = format!("{relative}{name}");
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            let folder = format!("{key}/");
+            if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                walk(&entry.path(), &folder, prefix, objects)?;
+            }
+        } else if file_type.is_file() && key.starts_with(prefix) && validate_key(&key).is_ok() {
+            let modified_ms = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
+            objects.push(ObjectInfo { key, modified_ms });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

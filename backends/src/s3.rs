@@ -37,7 +37,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::validate_key;
 use pipeline::config::S3Config;
-use pipeline::traits::{BackendError, BlobStore, ByteStream, Location, PutOutcome};
+use pipeline::traits::{BackendError, BlobStore, ByteStream, Location, ObjectInfo, PutOutcome};
 
 /// Size of each part of a multipart upload (S3's minimum for all parts but the last).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
@@ -669,5 +669,51 @@ impl BlobStore for S3Store {
             .await
             .map_err(|err| storage_error("presign GetObject", key, err))?;
         Ok(Location::Url(presigned.uri().to_owned()))
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, BackendError> {
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let mut objects = Vec::new();
+        let mut continuation: Option<String> = None;
+        while objects.len() < limit {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_start_after(start_after.map(|key| format!("{}{key}", self.prefix)))
+                .set_continuation_token(continuation.take())
+                .max_keys(i32::try_from(limit - objects.len()).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|err| storage_error("ListObjectsV2", prefix, err))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|key| key.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                let modified_ms = object
+                    .last_modified()
+                    .and_then(|time| time.to_millis().ok())
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(0);
+                objects.push(ObjectInfo {
+                    key: key.to_owned(),
+                    modified_ms,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    continuation = Some(token.to_owned());
+                }
+                _ => break,
+            }
+        }
+        objects.truncate(limit);
+        Ok(objects)
     }
 }

@@ -1,6 +1,7 @@
 //! The janitor on Redis records + a local store (MSAAS_TEST_REDIS_URL, default
 //! redis://127.0.0.1:6379) and on the embedded backends: retention deletes a finished job's
-//! objects and record; the sweep hands a stale job back to its stage, and a worker finishes it.
+//! objects and record; the sweep hands a stale job back to its stage, and a worker finishes it;
+//! objects of jobs that have no record are deleted once past their grace.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
 
@@ -84,7 +85,8 @@ async fn retention_deletes_objects_then_records(backends: Backends) {
         report,
         JanitorReport {
             deleted: 1,
-            requeued: 0
+            requeued: 0,
+            orphans: 0,
         }
     );
     assert_eq!(backends.jobs.get(&ended_long_ago.id).await.unwrap(), None);
@@ -117,6 +119,65 @@ async fn retention_on_embedded_backends() {
     let dir = tempfile::tempdir().unwrap();
     retention_deletes_objects_then_records(backends::embedded(dir.path(), VISIBILITY).unwrap())
         .await;
+}
+
+/// Objects of jobs without a record (more than a page of them) go once past the grace;
+/// a live job's objects and keys outside any job's prefixes stay.
+async fn orphans_are_deleted_past_their_grace(backends: Backends) {
+    let alive = new_job();
+    backends.jobs.create(&alive).await.unwrap();
+    let alive_objects = store_objects(&backends, &alive).await;
+    let mut orphaned = Vec::new();
+    for _ in 0..30 {
+        orphaned.extend(store_objects(&backends, &new_job()).await);
+    }
+    let unrelated = [
+        "uploads/not-a-job/source",
+        "exports/report.txt",
+        "results/x",
+    ];
+    for key in unrelated {
+        backends
+            .store
+            .put_bytes(key, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    let with_grace = |orphan_after_secs| JobsConfig {
+        orphan_after_secs,
+        ..jobs_config(3600, 3600)
+    };
+
+    // Within the grace (an upload being committed looks like this): nothing goes.
+    let patient = Janitor::new(backends.clone(), with_grace(3600), VISIBILITY);
+    assert_eq!(patient.run_once().await.unwrap(), JanitorReport::default());
+    assert_eq!(backends.store.size(&orphaned[0]).await.unwrap(), Some(1));
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let janitor = Janitor::new(backends.clone(), with_grace(0), VISIBILITY);
+    let report = janitor.run_once().await.unwrap();
+    assert_eq!(report.orphans, orphaned.len(), "{report:?}");
+    for key in &orphaned {
+        assert_eq!(backends.store.size(key).await.unwrap(), None, "{key}");
+    }
+    for key in alive_objects.iter().map(String::as_str).chain(unrelated) {
+        assert_eq!(backends.store.size(key).await.unwrap(), Some(1), "{key}");
+    }
+    assert!(backends.jobs.get(&alive.id).await.unwrap().is_some());
+    assert_eq!(janitor.run_once().await.unwrap(), JanitorReport::default());
+}
+
+#[tokio::test]
+async fn orphans_on_redis() {
+    let ns = TestNamespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    orphans_are_deleted_past_their_grace(redis_backends(&ns, dir.path(), VISIBILITY).await).await;
+}
+
+#[tokio::test]
+async fn orphans_on_embedded_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    orphans_are_deleted_past_their_grace(backends::embedded(dir.path(), VISIBILITY).unwrap()).await;
 }
 
 /// A job whose record was created but never queued, and one that died mid-decode with its

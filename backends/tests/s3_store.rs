@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use backends::{S3Options, S3Store};
+use backends::{LocalDirStore, S3Options, S3Store};
 use bytes::Bytes;
 use futures::StreamExt;
 use pipeline::ErrorCode;
@@ -487,6 +487,62 @@ async fn delete_is_idempotent_and_delete_prefix_removes_only_its_keys() {
         vec!["t/results/a/1", "t/work/b/1"]
     );
     remove_bucket(&store).await;
+}
+
+/// What the janitor pages through: keys under a prefix, in order, after a cursor, with the
+/// time each was written — the same on S3 and on the local store.
+async fn lists_in_key_order_after_a_cursor(store: &dyn BlobStore) {
+    let before = pipeline::job::now_ms().saturating_sub(5_000);
+    let keys = [
+        "results/b/1",
+        "uploads/a/source",
+        "uploads/b/source",
+        "work/a/mix.wav",
+    ];
+    for key in keys.iter().rev() {
+        store
+            .put_bytes(key, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    let all = store.list("", None, 100).await.unwrap();
+    let listed: Vec<&str> = all.iter().map(|object| object.key.as_str()).collect();
+    assert_eq!(listed, keys);
+    let after = pipeline::job::now_ms() + 5_000;
+    for object in &all {
+        assert!(
+            (before..after).contains(&object.modified_ms),
+            "{object:?} not written just now"
+        );
+    }
+    let uploads = store.list("uploads/", None, 100).await.unwrap();
+    assert_eq!(uploads.len(), 2);
+    let page: Vec<String> = store
+        .list("", Some("uploads/a/source"), 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|object| object.key)
+        .collect();
+    assert_eq!(page, ["uploads/b/source", "work/a/mix.wav"]);
+    assert!(
+        store
+            .list("", Some("work/a/mix.wav"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.list("nothing/", None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn listing_pages_through_keys_on_s3_and_locally() {
+    let store = fresh_store().await;
+    lists_in_key_order_after_a_cursor(&store).await;
+    remove_bucket(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalDirStore::new(dir.path()).unwrap();
+    lists_in_key_order_after_a_cursor(&local).await;
 }
 
 #[tokio::test]

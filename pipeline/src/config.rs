@@ -393,7 +393,11 @@ pub struct JobsConfig {
     /// time a job can wait in a queue plus `worker.visibility_timeout_secs`, or it only adds
     /// duplicate messages (which are harmless: the worker skips them).
     pub sweep_after_secs: u64,
-    /// How often the janitor (retention + sweep) runs.
+    /// An object under a job's prefixes (`uploads/<id>/`, ...) whose job has no record and
+    /// that was written this long ago is an orphan (a crash between storing an upload and
+    /// creating its record, a stem written after its job was deleted): the janitor deletes it.
+    pub orphan_after_secs: u64,
+    /// How often the janitor (retention, sweep, orphans) runs.
     pub janitor_interval_secs: u64,
 }
 
@@ -403,6 +407,7 @@ impl Default for JobsConfig {
             retention_secs: 24 * 3600,
             dedup: false,
             sweep_after_secs: 3600,
+            orphan_after_secs: 3600,
             janitor_interval_secs: 60,
         }
     }

@@ -1,4 +1,4 @@
-//! The janitor: the two chores no single delivery takes care of.
+//! The janitor: the chores no single delivery takes care of.
 //!
 //! - Retention: a finished job's objects (every prefix of [`keys::prefixes`]) and then its
 //!   record (with its aliases) are deleted `jobs.retention_secs` after it ended. Objects go
@@ -8,6 +8,11 @@
 //!   handed to its stage again. What the worker does with a delivery depends on the record
 //!   alone (see [`crate::worker`]), so a message sent to a job that is in fact fine is
 //!   skipped, and the sweep is always safe.
+//! - Orphans: an object under a job's prefixes whose job has no record, written more than
+//!   `jobs.orphan_after_secs` ago (a crash between storing an upload and creating its record,
+//!   a refused upload whose copy could not be deleted, a stem written after its job was
+//!   deleted), is deleted. The store is paged through [`MAX_BATCHES`] pages per run, resuming
+//!   where the last run stopped.
 //!
 //! A job in a stage's running state whose record has not moved for `sweep_after_secs` is
 //! taken for lost (its worker died and the queue lost the message with it) and goes back to
@@ -17,13 +22,15 @@
 //! Several janitors (one per process) may run at once: every step is idempotent, and at worst
 //! a job gets a duplicate message, which its worker skips.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::Backends;
 use crate::config::JobsConfig;
-use crate::job::{Job, JobState, Stage, keys, now_ms};
+use crate::job::{Job, JobId, JobState, Stage, keys, now_ms};
 use crate::traits::{BackendError, StageMessage};
 
 /// Jobs handled per index read.
@@ -38,6 +45,8 @@ pub struct JanitorReport {
     pub deleted: usize,
     /// Stale jobs handed to their stage again.
     pub requeued: usize,
+    /// Orphaned objects deleted.
+    pub orphans: usize,
 }
 
 /// Runs retention and the sweep over any backends (Redis or embedded).
@@ -46,6 +55,8 @@ pub struct Janitor {
     backends: Backends,
     jobs: JobsConfig,
     visibility_timeout: Duration,
+    /// The last key the orphan chore looked at: the next run goes on from there.
+    orphan_cursor: Arc<Mutex<Option<String>>>,
 }
 
 /// The stage a stale job waits for or runs in, and the record that lets a fresh message of
@@ -91,6 +102,7 @@ impl Janitor {
             backends,
             jobs,
             visibility_timeout,
+            orphan_cursor: Arc::default(),
         }
     }
 
@@ -98,14 +110,19 @@ impl Janitor {
         Duration::from_secs(self.jobs.sweep_after_secs).max(self.visibility_timeout)
     }
 
-    /// One pass of retention and sweep.
+    /// One pass of retention, sweep and orphan collection.
     pub async fn run_once(&self) -> Result<JanitorReport, BackendError> {
         let deleted = self.delete_expired().await?;
         let requeued = self.sweep_stale().await?;
-        if deleted > 0 || requeued > 0 {
-            tracing::info!(deleted, requeued, "janitor run");
+        let orphans = self.delete_orphans().await?;
+        if deleted > 0 || requeued > 0 || orphans > 0 {
+            tracing::info!(deleted, requeued, orphans, "janitor run");
         }
-        Ok(JanitorReport { deleted, requeued })
+        Ok(JanitorReport {
+            deleted,
+            requeued,
+            orphans,
+        })
     }
 
     /// Runs [`Self::run_once`] every `jobs.janitor_interval_secs` until `shutdown`.
@@ -163,6 +180,66 @@ impl Janitor {
             }
         }
         Ok(requeued)
+    }
+
+    async fn delete_orphans(&self) -> Result<usize, BackendError> {
+        let grace_ms = self.jobs.orphan_after_secs.saturating_mul(1000);
+        let written_before = now_ms().saturating_sub(grace_ms);
+        let mut cursor = self
+            .orphan_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // Whether each job met has a record, asked once per run.
+        let mut has_record: HashMap<JobId, bool> = HashMap::new();
+        let mut deleted = 0;
+        for _ in 0..MAX_BATCHES {
+            let page = self
+                .backends
+                .store
+                .list("", cursor.as_deref(), BATCH)
+                .await?;
+            for object in &page {
+                let Some(id) = keys::job_of(&object.key) else {
+                    continue;
+                };
+                if object.modified_ms > written_before {
+                    continue;
+                }
+                let exists = match has_record.get(&id) {
+                    Some(exists) => *exists,
+                    None => {
+                        let exists = self.backends.jobs.get(&id).await?.is_some();
+                        has_record.insert(id.clone(), exists);
+                        exists
+                    }
+                };
+                if exists {
+                    continue;
+                }
+                match self.backends.store.delete(&object.key).await {
+                    Ok(()) => {
+                        deleted += 1;
+                        tracing::debug!(key = %object.key, "orphaned object deleted");
+                    }
+                    // One object that cannot go does not hold up the rest.
+                    Err(err) => {
+                        tracing::warn!(key = %object.key, %err, "orphaned object not deleted")
+                    }
+                }
+            }
+            cursor = page.last().map(|object| object.key.clone());
+            if page.len() < BATCH {
+                // The end of the store: the next run starts from its beginning.
+                cursor = None;
+                break;
+            }
+        }
+        *self
+            .orphan_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cursor;
+        Ok(deleted)
     }
 
     /// Moves the record (fresh `updated_ms`, so it is not swept again at once) and then

@@ -366,19 +366,51 @@ pub mod keys {
         format!("results/{job}/{stem}.{extension}")
     }
 
+    /// The folders under which every job has its own (`<folder>/<id>/...`).
+    const FOLDERS: [&str; 3] = ["uploads", "work", "results"];
+
     /// Every prefix a job owns, for deletion.
     pub fn prefixes(job: &JobId) -> [String; 3] {
-        [
-            format!("uploads/{job}/"),
-            format!("work/{job}/"),
-            format!("results/{job}/"),
-        ]
+        FOLDERS.map(|folder| format!("{folder}/{job}/"))
+    }
+
+    /// The job that owns `key`, if it lies under one of a job's prefixes.
+    pub fn job_of(key: &str) -> Option<JobId> {
+        let mut segments = key.splitn(3, '/');
+        let folder = segments.next()?;
+        let id = segments.next()?;
+        segments.next()?;
+        if !FOLDERS.contains(&folder) {
+            return None;
+        }
+        id.parse().ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_name_the_job_that_owns_them() {
+        let id = JobId::new_random();
+        for key in [
+            keys::source(&id),
+            keys::mix(&id),
+            keys::stem(&id, "vocals"),
+            keys::result(&id, "vocals", "mp3"),
+        ] {
+            assert_eq!(keys::job_of(&key), Some(id.clone()), "{key}");
+        }
+        for key in [
+            "uploads/not-a-uuid/source".to_owned(),
+            format!("uploads/{id}"),
+            format!("models/{id}/x"),
+            "results".to_owned(),
+        ] {
+            assert_eq!(keys::job_of(&key), None, "{key}");
+        }
+    }
 
     #[test]
     fn stages_chain_in_order() {

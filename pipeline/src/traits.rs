@@ -185,6 +185,22 @@ pub trait BlobStore: Send + Sync {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BackendError>;
     /// A path or presigned URL valid for `expires`.
     async fn locate(&self, key: &str, expires: Duration) -> Result<Location, BackendError>;
+    /// Objects whose keys start with `prefix` and sort after `start_after`, in key order, at
+    /// most `limit` (the janitor pages through them looking for orphans).
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, BackendError>;
+}
+
+/// One stored object, as [`BlobStore::list`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    /// When it was last written (ms since the Unix epoch).
+    pub modified_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
