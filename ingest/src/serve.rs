@@ -1,5 +1,6 @@
-//! The HTTP server around the routes, bounded against slow and greedy clients: a request
-//! head must arrive within `server.header_timeout_secs`, a request body that stops arriving
+//! The HTTP/1.1 server around the routes, bounded against slow and greedy clients: a request
+//! head must arrive within `server.header_timeout_secs` (a client that sends nothing at all
+//! included), a request body that stops arriving
 //! for `server.body_idle_timeout_secs` fails its request (400), and past
 //! `server.max_connections` open connections a new one is answered 503 `overloaded` and
 //! closed. Connection errors are the clients' doing (resets, bad heads, timeouts): they are
@@ -13,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,15 +92,12 @@ pub(crate) async fn serve(
                 let mut service = warp::service(routes.clone());
                 service.call(request)
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // HTTP/1 only: detecting HTTP/2 first would wait for the client's first bytes
+            // with no timeout, so a silent connection could hold its slot for ever.
+            let mut builder = http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(limits.header_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%err, "connection ended with an error");

@@ -1,4 +1,4 @@
-//! A client cannot hold the server: a request head that never ends is closed, a body that
+//! A client cannot hold the server: a request head that never ends (or never starts) is closed, a body that
 //! stops arriving fails its request (400, nothing stored), and past `server.max_connections`
 //! a new connection is answered 503 `overloaded` at once. The server serves normally after.
 
@@ -68,6 +68,12 @@ async fn half_a_request_head_is_closed() {
     let reply = read_until_closed(&mut stream).await;
     assert!(!reply.contains(" 202 "), "{reply}");
     assert!(server.objects().is_empty(), "{:?}", server.objects());
+    // A client that sends nothing at all, or only the start of HTTP/2's preface, too.
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut silent = connect(&server).await;
+        silent.write_all(sent).await.unwrap();
+        read_until_closed(&mut silent).await;
+    }
     still_serves(&server).await;
     server.stop().await;
 }
