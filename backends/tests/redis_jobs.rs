@@ -12,20 +12,12 @@ use std::time::Duration;
 use pipeline::job::now_ms;
 use pipeline::traits::JobStore;
 use pipeline::{BackendError, Job, JobId, JobOptions, JobState};
-use redis_common::TestNamespace;
+use redis_common::{TestNamespace, moved};
 
 const RETENTION: Duration = Duration::from_secs(3600);
 
 fn job(tenant: &str) -> Job {
     Job::new(tenant, "song.mp3", JobOptions::default())
-}
-
-fn moved(job: &Job, state: JobState, attempt: u32) -> Job {
-    let mut next = job.clone();
-    next.state = state;
-    next.attempt = attempt;
-    next.updated_ms = now_ms();
-    next
 }
 
 #[tokio::test]

@@ -9,18 +9,9 @@ mod redis_common;
 use std::time::Duration;
 
 use backends::MemoryJobStore;
-use pipeline::job::now_ms;
 use pipeline::traits::JobStore;
 use pipeline::{Job, JobOptions, JobState};
-use redis_common::TestNamespace;
-
-fn moved(job: &Job, state: JobState, attempt: u32) -> Job {
-    let mut next = job.clone();
-    next.state = state;
-    next.attempt = attempt;
-    next.updated_ms = now_ms();
-    next
-}
+use redis_common::{TestNamespace, moved};
 
 async fn unfinished_jobs_are_counted_per_tenant(store: &dyn JobStore) {
     let first = Job::new("acme", "a.mp3", JobOptions::default());

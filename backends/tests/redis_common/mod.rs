@@ -155,3 +155,12 @@ pub async fn trivial_run(
         }
     }
 }
+
+/// `job` as a stage moves it: `state`, `attempt`, a fresh `updated_ms`.
+pub fn moved(job: &Job, state: pipeline::JobState, attempt: u32) -> Job {
+    let mut next = job.clone();
+    next.state = state;
+    next.attempt = attempt;
+    next.updated_ms = pipeline::job::now_ms();
+    next
+}
