@@ -14,7 +14,6 @@ use warp::{Filter, Reply};
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
-use crate::quota;
 use crate::reply::{
     accepted_response, authorization, count_upload, json_response, no_parameters, only_parameters,
     query_pairs, respond, tenant, upload_span, with_state,
@@ -227,10 +226,9 @@ async fn upload_raw(
     let options = input.build(&state)?;
     check_content_length(&state, &headers)?;
     let aliases = upload::idempotency_aliases(&tenant, &headers)?;
-    if let Some(accepted) = upload::replay(&state, &aliases).await? {
+    if let Some(accepted) = upload::replay_or_admit(&state, &tenant, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
-    quota::admit_upload(&state, &tenant).await?;
     let name = clean_source_name(input.filename());
     let stored = upload::store(&state, &tenant, options, name, body).await?;
     let accepted = upload::commit(&state, stored, &aliases).await?;
@@ -249,10 +247,9 @@ async fn upload_multipart(
     input.build(&state)?;
     check_content_length(&state, &headers)?;
     let aliases = upload::idempotency_aliases(&tenant, &headers)?;
-    if let Some(accepted) = upload::replay(&state, &aliases).await? {
+    if let Some(accepted) = upload::replay_or_admit(&state, &tenant, &aliases).await? {
         return Ok(accepted_response(&accepted));
     }
-    quota::admit_upload(&state, &tenant).await?;
     let mut stored: Option<Stored> = None;
     let read = read_form(&state, &tenant, &mut input, &mut form, &mut stored).await;
     let stored = match (read, stored) {

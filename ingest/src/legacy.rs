@@ -25,7 +25,6 @@ use warp::reply::Response;
 use crate::body::byte_stream;
 use crate::error::ApiError;
 use crate::options::{OptionInput, valid_stem_name};
-use crate::quota;
 use crate::reply::{
     authorization, count_upload, json_response, no_parameters, respond, tenant, upload_span,
 };
@@ -186,16 +185,14 @@ async fn separate(
             Ok(prepared) => prepared,
             Err(err) => return AudioOutcome::Refused(err),
         };
-        match upload::replay(state, &prepared.aliases).await {
+        match upload::replay_or_admit(state, tenant, &prepared.aliases).await {
             Ok(Some(accepted)) => return AudioOutcome::Replayed(accepted),
             Ok(None) => {}
             Err(err) => return AudioOutcome::Refused(err),
         }
-        if let Err(err) = quota::admit_upload(state, tenant).await {
-            return AudioOutcome::Refused(err);
-        }
+        let checked_aliases = prepared.aliases;
         match upload::store(state, tenant, prepared.options, prepared.name, audio).await {
-            Ok(stored) => AudioOutcome::Stored(stored),
+            Ok(stored) => AudioOutcome::Stored(stored, checked_aliases),
             Err(err) => AudioOutcome::Refused(err),
         }
     };
@@ -206,47 +203,59 @@ async fn separate(
             return Ok(separate_response(&accepted.job));
         }
         (Err(err), outcome) => {
-            if let Some(AudioOutcome::Stored(stored)) = outcome {
+            if let Some(AudioOutcome::Stored(stored, _)) = outcome {
                 upload::discard(state, stored).await;
             }
             return Err(body_error(err, max_input));
         }
     };
     let prepared = prepare(state, tenant, header_aliases, fields);
-    let mut stored = match outcome {
+    match outcome {
         None => {
             prepared?;
-            return Err(ApiError::bad_request(
+            Err(ApiError::bad_request(
                 "the JSON has no \"mp3\" field (base64 audio)",
-            ));
+            ))
         }
         // Read to its end: a bad field is the answer, as when the fields came first.
         Some(AudioOutcome::Refused(err)) => {
             prepared?;
-            return Err(err);
+            Err(err)
         }
-        Some(AudioOutcome::Replayed(accepted)) => return Ok(separate_response(&accepted.job)),
-        Some(AudioOutcome::Stored(stored)) => stored,
-    };
-    // The whole body is read: the fields after `mp3` count too.
-    let prepared = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => {
-            upload::discard(state, stored).await;
-            return Err(err);
-        }
-    };
-    match upload::replay(state, &prepared.aliases).await {
-        Ok(None) => {}
-        Ok(Some(accepted)) => {
-            upload::discard(state, stored).await;
-            return Ok(separate_response(&accepted.job));
-        }
-        Err(err) => {
-            upload::discard(state, stored).await;
-            return Err(err);
+        Some(AudioOutcome::Replayed(accepted)) => Ok(separate_response(&accepted.job)),
+        Some(AudioOutcome::Stored(stored, checked_aliases)) => {
+            commit_stored(state, stored, prepared, &checked_aliases).await
         }
     }
+}
+
+/// Queues a stored song once the whole body is read: the fields after `mp3` count too (a
+/// bad one, or a songhash naming an earlier job, and the stored copy is deleted). Aliases
+/// already looked up before the song was stored are not looked up again.
+async fn commit_stored(
+    state: &IngestState,
+    mut stored: upload::Stored,
+    prepared: Result<Prepared, ApiError>,
+    checked_aliases: &[String],
+) -> Result<Response, ApiError> {
+    let checked = match prepared {
+        Ok(prepared) if prepared.aliases == checked_aliases => Ok((prepared, None)),
+        Ok(prepared) => upload::replay(state, &prepared.aliases)
+            .await
+            .map(|earlier| (prepared, earlier)),
+        Err(err) => Err(err),
+    };
+    let prepared = match checked {
+        Ok((prepared, None)) => prepared,
+        Ok((_, Some(earlier))) => {
+            upload::discard(state, stored).await;
+            return Ok(separate_response(&earlier.job));
+        }
+        Err(err) => {
+            upload::discard(state, stored).await;
+            return Err(err);
+        }
+    };
     let job = stored.job_mut();
     job.options = prepared.options;
     job.source_name = prepared.name;
@@ -256,7 +265,8 @@ async fn separate(
 
 /// What became of the song while the body was read.
 enum AudioOutcome {
-    Stored(upload::Stored),
+    /// With the aliases looked up before it was stored.
+    Stored(upload::Stored, Vec<String>),
     /// A songhash (or Idempotency-Key) among the fields before `mp3` names an earlier job.
     Replayed(upload::Accepted),
     Refused(ApiError),

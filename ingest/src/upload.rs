@@ -90,6 +90,21 @@ pub(crate) async fn replay(
     Ok(None)
 }
 
+/// Where every upload starts: the earlier job one of `aliases` names (answered without
+/// storing the body again), else a new upload admitted under the tenant's caps
+/// ([`crate::quota`]) — a replay is not a new upload and does not count against them.
+pub(crate) async fn replay_or_admit(
+    state: &IngestState,
+    tenant: &str,
+    aliases: &[String],
+) -> Result<Option<Accepted>, ApiError> {
+    if let Some(accepted) = replay(state, aliases).await? {
+        return Ok(Some(accepted));
+    }
+    crate::quota::admit_upload(state, tenant).await?;
+    Ok(None)
+}
+
 /// `name` cut to something safe to show and to put in a download name.
 pub(crate) fn clean_source_name(name: Option<&str>) -> String {
     let name = name
