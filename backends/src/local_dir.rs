@@ -343,62 +343,87 @@ impl BlobStore for LocalDirStore {
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
-            let mut objects = Vec::new();
-            walk(&root, "", &prefix, &mut objects)?;
-            objects.sort_by(|a: &ObjectInfo, b| a.key.cmp(&b.key));
-            Ok(objects
-                .into_iter()
-                .filter(|object| {
-                    start_after
-                        .as_deref()
-                        .is_none_or(|after| object.key.as_str() > after)
-                })
-                .take(limit)
-                .collect())
+            let mut listing = Listing {
+                prefix: &prefix,
+                start_after: start_after.as_deref(),
+                limit,
+                objects: Vec::new(),
+            };
+            listing.walk(&root, "")?;
+            Ok(listing.objects)
         })
         .await
         .map_err(|err| BackendError::Storage(format!("listing the local store: {err}")))?
     }
 }
 
-/// Every object (file with a valid key: no write in progress) under `dir`, whose key is
-/// `relative`, that starts with `prefix`. Folders that cannot hold such keys are not entered.
-fn walk(
-    dir: &Path,
-    relative: &str,
-    prefix: &str,
-    objects: &mut Vec<ObjectInfo>,
-) -> Result<(), BackendError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err.into()),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
+/// A page of [`LocalDirStore::list`]: the tree walked in key order, entering only folders
+/// that can hold keys of the page, and stopping once the page is full.
+struct Listing<'a> {
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+    limit: usize,
+    objects: Vec<ObjectInfo>,
+}
+
+impl Listing<'_> {
+    /// Collects the objects (files with a valid key: no write in progress) under `dir`, whose
+    /// keys start with `relative`.
+    fn walk(&mut self, dir: &Path, relative: &str) -> Result<(), BackendError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err.into()),
         };
-        let key = format!("{relative}{name}");
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            let folder = format!("{key}/");
-            if folder.starts_with(prefix) || prefix.starts_with(&folder) {
-                walk(&entry.path(), &folder, prefix, objects)?;
-            }
-        } else if file_type.is_file() && key.starts_with(prefix) && validate_key(&key).is_ok() {
-            let modified_ms = entry
-                .metadata()?
-                .modified()
-                .ok()
-                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |since| {
-                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                });
-            objects.push(ObjectInfo { key, modified_ms });
+        // A folder's keys are its name and '/' followed by more: sorted by that, the walk
+        // yields keys in order.
+        let mut children = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let file_type = entry.file_type()?;
+            let key = if file_type.is_dir() {
+                format!("{relative}{name}/")
+            } else if file_type.is_file() {
+                format!("{relative}{name}")
+            } else {
+                continue;
+            };
+            children.push((key, file_type.is_dir(), entry));
         }
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, is_dir, entry) in children {
+            if self.objects.len() >= self.limit {
+                return Ok(());
+            }
+            if is_dir {
+                let may_hold_prefix = key.starts_with(self.prefix) || self.prefix.starts_with(&key);
+                // Every key inside sorts before the cursor unless the cursor lies inside.
+                let before_cursor = self
+                    .start_after
+                    .is_some_and(|after| key.as_str() < after && !after.starts_with(&key));
+                if may_hold_prefix && !before_cursor {
+                    self.walk(&entry.path(), &key)?;
+                }
+            } else if key.starts_with(self.prefix)
+                && self.start_after.is_none_or(|after| key.as_str() > after)
+                && validate_key(&key).is_ok()
+            {
+                let modified_ms = entry
+                    .metadata()?
+                    .modified()
+                    .ok()
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |since| {
+                        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                    });
+                self.objects.push(ObjectInfo { key, modified_ms });
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
