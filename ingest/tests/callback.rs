@@ -8,10 +8,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backends::CallbackHook;
 use common::*;
 use hmac::{KeyInit, Mac};
-use pipeline::callback::TargetPolicy;
 use pipeline::config::CallbacksConfig;
 use warp::Filter;
 
@@ -79,16 +77,7 @@ async fn done_job_is_posted_signed_and_retried_after_a_500() {
         backoff_base_ms: 50,
         ..CallbacksConfig::default()
     };
-    // Embedded mode: the receiver on loopback is allowed.
-    let hook = CallbackHook::new(
-        &config,
-        TargetPolicy::for_config(&pipeline::Config::default()),
-    );
-    let server = start_with(Options {
-        hooks: vec![Arc::new(hook)],
-        ..Options::default()
-    })
-    .await;
+    let server = start_with_webhooks(&config).await;
     server.run_workers();
     let query = format!(
         "?callback_url={}",

@@ -9,10 +9,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backends::CallbackHook;
 use base64::Engine;
 use common::*;
-use pipeline::callback::TargetPolicy;
 use pipeline::config::CallbacksConfig;
 use warp::Filter;
 
@@ -54,16 +52,7 @@ async fn an_old_client_gets_its_songhash_its_callback_and_its_stems() {
         backoff_base_ms: 50,
         ..CallbacksConfig::default()
     };
-    // Embedded mode: loopback receivers are allowed.
-    let hook = CallbackHook::new(
-        &config,
-        TargetPolicy::for_config(&pipeline::Config::default()),
-    );
-    let server = start_with(Options {
-        hooks: vec![Arc::new(hook)],
-        ..Options::default()
-    })
-    .await;
+    let server = start_with_webhooks(&config).await;
     let audio = base64::engine::general_purpose::STANDARD.encode(wav_body(1000));
     let request = serde_json::json!({
         "mp3": audio,

@@ -115,6 +115,20 @@ pub async fn start_with(options: Options) -> Server {
     }
 }
 
+/// A server whose finished jobs are posted to their `callback_url` under `config`, with the
+/// embedded mode's target policy (receivers on loopback allowed).
+pub async fn start_with_webhooks(config: &pipeline::config::CallbacksConfig) -> Server {
+    let hook = backends::CallbackHook::new(
+        config,
+        pipeline::callback::TargetPolicy::for_config(&Config::default()),
+    );
+    start_with(Options {
+        hooks: vec![Arc::new(hook)],
+        ..Options::default()
+    })
+    .await
+}
+
 impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
