@@ -7,15 +7,14 @@
 
 mod redis_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pipeline::config::JobsConfig;
 use pipeline::janitor::{Janitor, JanitorReport};
 use pipeline::job::{StageTimes, keys, now_ms};
-use pipeline::{Backends, Job, JobOptions, JobState, Stage, Worker};
-use redis_common::{TestNamespace, TrivialStage, redis_backends, settings};
+use pipeline::{Backends, Job, JobOptions, JobState, Stage};
+use redis_common::{TestNamespace, redis_backends, spawn_trivial_workers};
 use tokio_util::sync::CancellationToken;
 
 const VISIBILITY: Duration = Duration::from_secs(1);
@@ -227,16 +226,7 @@ async fn sweep_revives_stale_jobs(backends: Backends) {
     assert_eq!(janitor.run_once().await.unwrap().requeued, 0);
 
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for stage in Stage::ALL {
-        let worker = Worker::new(
-            backends.clone(),
-            Arc::new(TrivialStage(stage)),
-            settings(&format!("{stage}-1"), VISIBILITY),
-        );
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move { worker.run(shutdown).await }));
-    }
+    let tasks = spawn_trivial_workers(&backends, &Stage::ALL, VISIBILITY, &shutdown);
     for job in stale {
         let done = tokio::time::timeout(
             Duration::from_secs(20),

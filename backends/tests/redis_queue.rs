@@ -20,7 +20,7 @@ use pipeline::{
     BackendError, CodedError, ErrorCode, Job, JobId, JobOptions, JobState, Stage, StageContext,
     StageError, StageHandler, StageOutput, Worker,
 };
-use redis_common::{TestNamespace, TrivialStage, redis_backends, settings, trivial_run};
+use redis_common::{TestNamespace, redis_backends, settings, spawn_trivial_workers, trivial_run};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -325,16 +325,7 @@ async fn worker_runs_a_job_end_to_end_on_redis() {
     let dir = tempfile::tempdir().unwrap();
     let backends = redis_backends(&ns, dir.path(), VISIBILITY).await;
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for stage in Stage::ALL {
-        let worker = Worker::new(
-            backends.clone(),
-            Arc::new(TrivialStage(stage)),
-            settings(&format!("{stage}-1"), VISIBILITY),
-        );
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move { worker.run(shutdown).await }));
-    }
+    let tasks = spawn_trivial_workers(&backends, &Stage::ALL, VISIBILITY, &shutdown);
     let job = pipeline::submit(&backends, new_job(), source(), None, None)
         .await
         .unwrap();
@@ -417,16 +408,12 @@ async fn a_worker_killed_mid_stage_loses_its_message_to_another() {
         });
     }
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for stage in [Stage::Decode, Stage::Encode] {
-        let worker = Worker::new(
-            backends.clone(),
-            Arc::new(TrivialStage(stage)),
-            settings(&format!("{stage}-1"), VISIBILITY),
-        );
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move { worker.run(shutdown).await }));
-    }
+    let mut tasks = spawn_trivial_workers(
+        &backends,
+        &[Stage::Decode, Stage::Encode],
+        VISIBILITY,
+        &shutdown,
+    );
     let job = pipeline::submit(&backends, new_job(), source(), None, None)
         .await
         .unwrap();

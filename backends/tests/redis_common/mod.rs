@@ -164,3 +164,24 @@ pub fn moved(job: &Job, state: pipeline::JobState, attempt: u32) -> Job {
     next.updated_ms = pipeline::job::now_ms();
     next
 }
+
+/// Runs a [`TrivialStage`] worker (consumer `<stage>-1`) for each of `stages` until `shutdown`.
+pub fn spawn_trivial_workers(
+    backends: &Backends,
+    stages: &[Stage],
+    visibility_timeout: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    stages
+        .iter()
+        .map(|&stage| {
+            let worker = pipeline::Worker::new(
+                backends.clone(),
+                Arc::new(TrivialStage(stage)),
+                settings(&format!("{stage}-1"), visibility_timeout),
+            );
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker.run(shutdown).await })
+        })
+        .collect()
+}
