@@ -82,6 +82,16 @@ impl ErrorCode {
         }
     }
 
+    /// Whether this code means a dependency of the service (object storage, the queue, the
+    /// event bus) did not answer: an outage, waited out by the worker without counting it
+    /// against the job's attempts (`worker.outage_budget_secs`).
+    pub const fn is_outage(self) -> bool {
+        matches!(
+            self,
+            Self::StorageUnavailable | Self::QueueUnavailable | Self::EventsUnavailable
+        )
+    }
+
     /// Whether a stage failing with this code should be retried (a fault of the moment)
     /// rather than fail the job at once.
     pub const fn is_transient(self) -> bool {

@@ -69,7 +69,8 @@ async fn connect_queue(config: &Config) -> Result<QueueAndJobs, CodedError> {
                 std::time::Duration::from_secs(config.jobs.retention_secs),
             )
             .await
-            .map_err(failed)?;
+            .map_err(failed)?
+            .beside(&queue);
             Ok((Arc::new(queue), Arc::new(jobs)))
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -17,6 +18,8 @@ struct Inner {
     aliases: HashMap<String, JobId>,
     /// Per tenant: the fixed window counted last, and its uploads.
     uploads: HashMap<String, (u64, u64)>,
+    /// Leases by name: holder and when it lapses.
+    leases: HashMap<String, (String, Instant)>,
 }
 
 /// The in-memory [`JobStore`]. Cheap to clone (shared state).
@@ -155,6 +158,34 @@ impl JobStore for MemoryJobStore {
             .get(alias)
             .filter(|bound| inner.jobs.contains_key(*bound))
             .cloned())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.write();
+        inner.leases.retain(|_, (_, until)| *until > now);
+        match inner.leases.get_mut(name) {
+            Some((current, until)) if current == holder => *until = now + ttl,
+            Some(_) => return Ok(false),
+            None => {
+                inner
+                    .leases
+                    .insert(name.to_owned(), (holder.to_owned(), now + ttl));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), BackendError> {
+        let mut inner = self.write();
+        if inner
+            .leases
+            .get(name)
+            .is_some_and(|(current, _)| current == holder)
+        {
+            inner.leases.remove(name);
+        }
+        Ok(())
     }
 
     async fn active_count(&self, tenant: &str) -> Result<u64, BackendError> {

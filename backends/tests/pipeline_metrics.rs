@@ -99,12 +99,12 @@ async fn failures_retries_and_dead_letters_are_counted_by_code() {
     assert!(
         moved(
             "msaas_stage_retries_total",
-            &[("stage", "encode"), ("code", "storage_unavailable")]
+            &[("stage", "encode"), ("code", "io")]
         ) >= 1.0,
         "{after}"
     );
     // The job is failed first, then its message dead-lettered: wait for the second step.
-    let dead = [("stage", "encode"), ("code", "storage_unavailable")];
+    let dead = [("stage", "encode"), ("code", "io")];
     let dead_before = sample(&before, "msaas_dead_letters_total", &dead);
     wait_for(|| sample(&scrape(), "msaas_dead_letters_total", &dead) >= dead_before + 1.0).await;
     assert!(

@@ -183,7 +183,10 @@ impl StageQueue for CrashBeforeAck {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if lost {
-            return Err(BackendError::Queue("process died before the ack".into()));
+            // Not an outage code: the worker would wait an outage out and ack again.
+            return Err(BackendError::Io(std::io::Error::other(
+                "process died before the ack",
+            )));
         }
         self.inner.ack(stage, delivery).await
     }
@@ -227,6 +230,7 @@ fn settings(max_attempts: u32, visibility_timeout: Duration) -> WorkerSettings {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(40),
         claim_wait: Duration::from_millis(50),
+        outage_budget: Duration::from_millis(300),
         consumer: "test".into(),
         cancel_poll: Duration::from_millis(20),
     }
@@ -567,6 +571,59 @@ async fn transient_failures_exhaust_attempts_then_dead_letter() {
         (Stage::Encode, &job.id, 3)
     );
     assert_eq!(dead[0].reason.code, ErrorCode::AttemptsExhausted);
+    h.assert_queues_empty().await;
+}
+
+fn outage(message: &str) -> StageError {
+    StageError::new(ErrorCode::StorageUnavailable, message)
+}
+
+/// Storage down for more runs than the job has attempts, but within the outage budget: the
+/// worker waits it out in place (one delivery, no retry through the queue) and the job ends
+/// done, its attempts untouched.
+#[tokio::test]
+async fn an_outage_within_the_budget_costs_no_attempts() {
+    let h = Harness::new(2, Duration::from_secs(30)).await;
+    h.handler(Stage::Separate)
+        .fail_with((0..4).map(|n| outage(&format!("storage down ({n})"))));
+    let (shutdown, tasks) = h.start_workers();
+    let job = h.submit(b"abcd").await;
+    let done = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(h.handler(Stage::Separate).runs(), 5);
+    // Still the first delivery: the outage was not an attempt.
+    assert_eq!(done.attempt, 1);
+    assert!(h.queue.dead_letters().is_empty());
+    h.assert_queues_empty().await;
+}
+
+/// An outage longer than the budget fails the job with the outage's own code (not
+/// `attempts_exhausted`) and a message that names the budget.
+#[tokio::test]
+async fn an_outage_past_the_budget_fails_with_its_code() {
+    let h = Harness::new(3, Duration::from_secs(30)).await;
+    h.handler(Stage::Encode)
+        .fail_with((0..1000).map(|_| outage("storage down for good")));
+    let (shutdown, tasks) = h.start_workers();
+    let job = h.submit(b"abcd").await;
+    let failed = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+
+    assert_eq!(failed.state, JobState::Failed);
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, ErrorCode::StorageUnavailable);
+    assert!(
+        error.message.contains("outage budget") && error.message.contains("storage down for good"),
+        "{}",
+        error.message
+    );
+    assert_eq!(failed.attempt, 1, "one delivery, waited in place");
+    assert!(h.handler(Stage::Encode).runs() >= 2);
+    let dead = h.queue.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason.code, ErrorCode::StorageUnavailable);
     h.assert_queues_empty().await;
 }
 

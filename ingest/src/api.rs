@@ -13,6 +13,7 @@ use warp::{Filter, Reply};
 
 use crate::body::{byte_stream, collect_limited};
 use crate::error::ApiError;
+use crate::lease::KeyLease;
 use crate::options::{OptionInput, valid_stem_name};
 use crate::reply::{
     accepted_response, authorization, count_upload, json_response, no_parameters, only_parameters,
@@ -20,7 +21,7 @@ use crate::reply::{
 };
 use crate::state::IngestState;
 use crate::stems::{remove_job, serve_stem};
-use crate::upload::{self, Stored, clean_source_name};
+use crate::upload::{self, Start, Stored, clean_source_name};
 use crate::view::job_view;
 
 /// Default and largest `limit` of `GET /v1/jobs`.
@@ -226,11 +227,12 @@ async fn upload_raw(
     let options = input.build(&state)?;
     check_content_length(&state, &headers)?;
     let aliases = upload::idempotency_aliases(&tenant, &headers)?;
-    if let Some(accepted) = upload::replay_or_admit(&state, &tenant, &aliases).await? {
-        return Ok(accepted_response(&accepted));
-    }
+    let lease = match upload::replay_or_admit(&state, &tenant, &aliases).await? {
+        Start::Replay(accepted) => return Ok(accepted_response(&accepted)),
+        Start::Fresh(lease) => lease,
+    };
     let name = clean_source_name(input.filename());
-    let stored = upload::store(&state, &tenant, options, name, body).await?;
+    let stored = upload::store(&state, &tenant, options, name, body, lease).await?;
     let accepted = upload::commit(&state, stored, &aliases).await?;
     Ok(accepted_response(&accepted))
 }
@@ -247,11 +249,12 @@ async fn upload_multipart(
     input.build(&state)?;
     check_content_length(&state, &headers)?;
     let aliases = upload::idempotency_aliases(&tenant, &headers)?;
-    if let Some(accepted) = upload::replay_or_admit(&state, &tenant, &aliases).await? {
-        return Ok(accepted_response(&accepted));
-    }
+    let lease = match upload::replay_or_admit(&state, &tenant, &aliases).await? {
+        Start::Replay(accepted) => return Ok(accepted_response(&accepted)),
+        Start::Fresh(lease) => lease,
+    };
     let mut stored: Option<Stored> = None;
-    let read = read_form(&state, &tenant, &mut input, &mut form, &mut stored).await;
+    let read = read_form(&state, &tenant, &mut input, &mut form, &mut stored, lease).await;
     let stored = match (read, stored) {
         (Ok(()), Some(mut stored)) => match input.build(&state) {
             // Fields after the file part count too; they are checked before anything is queued.
@@ -287,7 +290,10 @@ async fn read_form(
     input: &mut OptionInput,
     form: &mut warp::multipart::FormData,
     stored: &mut Option<Stored>,
+    lease: KeyLease,
 ) -> Result<(), ApiError> {
+    // Goes with the one file part into its stored upload.
+    let mut lease = Some(lease);
     while let Some(part) = form.next().await {
         let part =
             part.map_err(|err| ApiError::bad_request(format!("malformed multipart body: {err}")))?;
@@ -305,6 +311,7 @@ async fn read_form(
                     options,
                     source_name,
                     byte_stream(part.stream()),
+                    lease.take().unwrap_or_default(),
                 )
                 .await?,
             );

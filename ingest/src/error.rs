@@ -88,7 +88,8 @@ impl ApiError {
             status: status_for(code),
             code,
             message: message.into(),
-            retry_after_secs: None,
+            // A dependency that is down now may be back in a moment.
+            retry_after_secs: (status_for(code) == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
         }
     }
 
@@ -118,7 +119,12 @@ impl ApiError {
         serde_json::json!({"error": {"code": self.code, "message": self.message}})
     }
 
+    /// The reply. Every 5xx is logged here with its cause (and counted with its status in
+    /// `msaas_http_requests_total`), whichever handler made it.
     pub fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), code = self.code.as_str(), message = %self.message, "server error answered to a client");
+        }
         let mut response =
             warp::reply::with_status(warp::reply::json(&self.body()), self.status).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -151,11 +157,7 @@ impl From<CodedError> for ApiError {
 
 impl From<pipeline::BackendError> for ApiError {
     fn from(err: pipeline::BackendError) -> Self {
-        let code = err.code();
-        if status_for(code).is_server_error() {
-            tracing::warn!(%err, "backend error answered to a client");
-        }
-        Self::new(code, err.to_string())
+        Self::new(err.code(), err.to_string())
     }
 }
 

@@ -185,13 +185,13 @@ async fn separate(
             Ok(prepared) => prepared,
             Err(err) => return AudioOutcome::Refused(err),
         };
-        match upload::replay_or_admit(state, tenant, &prepared.aliases).await {
-            Ok(Some(accepted)) => return AudioOutcome::Replayed(accepted),
-            Ok(None) => {}
+        let lease = match upload::replay_or_admit(state, tenant, &prepared.aliases).await {
+            Ok(upload::Start::Replay(accepted)) => return AudioOutcome::Replayed(*accepted),
+            Ok(upload::Start::Fresh(lease)) => lease,
             Err(err) => return AudioOutcome::Refused(err),
-        }
+        };
         let checked_aliases = prepared.aliases;
-        match upload::store(state, tenant, prepared.options, prepared.name, audio).await {
+        match upload::store(state, tenant, prepared.options, prepared.name, audio, lease).await {
             Ok(stored) => AudioOutcome::Stored(stored, checked_aliases),
             Err(err) => AudioOutcome::Refused(err),
         }

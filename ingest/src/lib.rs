@@ -8,6 +8,7 @@ mod auth;
 mod body;
 mod error;
 mod events;
+mod lease;
 mod legacy;
 mod openapi;
 mod options;

@@ -8,22 +8,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use pipeline::traits::ByteStream;
-use pipeline::worker::{enqueue_new, store_source};
+use pipeline::worker::{Enqueued, enqueue_new, store_source};
 use pipeline::{ErrorCode, Job, JobOptions, JobState, job::keys};
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
 use crate::error::ApiError;
+use crate::lease::{self, KeyLease};
 use crate::sniff::{SNIFF_LEN, sniff};
 use crate::state::IngestState;
 
 /// Longest source name kept (it names the downloads).
 const MAX_SOURCE_NAME: usize = 200;
 
-/// A source stored but not yet queued.
+/// A source stored but not yet queued, with the leases of its aliases (given back when it
+/// is committed or discarded).
 pub(crate) struct Stored {
     job: Job,
     bytes: u64,
+    _lease: KeyLease,
 }
 
 /// What an accepted upload came to.
@@ -90,19 +93,34 @@ pub(crate) async fn replay(
     Ok(None)
 }
 
+/// How an upload starts: [`replay_or_admit`] either answers it with an earlier job, or lets it
+/// store its body holding the leases of its aliases.
+pub(crate) enum Start {
+    Replay(Box<Accepted>),
+    Fresh(KeyLease),
+}
+
 /// Where every upload starts: the earlier job one of `aliases` names (answered without
-/// storing the body again), else a new upload admitted under the tenant's caps
+/// storing the body again); else the aliases are leased ([`crate::lease`]: a request holding
+/// one is waited for, and its job returned) and a new upload admitted under the tenant's caps
 /// ([`crate::quota`]) — a replay is not a new upload and does not count against them.
 pub(crate) async fn replay_or_admit(
     state: &IngestState,
     tenant: &str,
     aliases: &[String],
-) -> Result<Option<Accepted>, ApiError> {
+) -> Result<Start, ApiError> {
     if let Some(accepted) = replay(state, aliases).await? {
-        return Ok(Some(accepted));
+        return Ok(Start::Replay(Box::new(accepted)));
     }
+    let lease =
+        match lease::take_or_wait(&state.backends().jobs, aliases, || replay(state, aliases))
+            .await?
+        {
+            Ok(lease) => lease,
+            Err(accepted) => return Ok(Start::Replay(Box::new(accepted))),
+        };
     crate::quota::admit_upload(state, tenant).await?;
-    Ok(None)
+    Ok(Start::Fresh(lease))
 }
 
 /// `name` cut to something safe to show and to put in a download name.
@@ -125,6 +143,7 @@ pub(crate) async fn store(
     options: JobOptions,
     source_name: String,
     mut body: ByteStream,
+    lease: KeyLease,
 ) -> Result<Stored, ApiError> {
     let mut head = BytesMut::new();
     while head.len() < SNIFF_LEN {
@@ -173,7 +192,11 @@ pub(crate) async fn store(
     let bytes = counted.load(Ordering::Relaxed);
     tracing::Span::current().record("job", tracing::field::display(&job.id));
     tracing::debug!(job = %job.id, container, bytes, "upload stored");
-    Ok(Stored { job, bytes })
+    Ok(Stored {
+        job,
+        bytes,
+        _lease: lease,
+    })
 }
 
 pub(crate) fn too_large(limit: u64) -> ApiError {
@@ -203,9 +226,9 @@ fn options_hash(options: &JobOptions) -> String {
     hex::encode(Sha256::digest(&json))
 }
 
-/// Turns a stored source into a queued job, unless an idempotency key or (with
-/// `jobs.dedup`) the same bytes with the same options name an earlier job: then the stored
-/// copy is deleted and the earlier job returned. Runs inside the upload span, whose
+/// Turns a stored source into a queued job, binding `aliases` to it in the same step, unless
+/// one of them or (with `jobs.dedup`) the same bytes with the same options name an earlier
+/// job: then the stored copy is deleted and the earlier job returned. Runs inside the upload span, whose
 /// traceparent `enqueue_new` gives the job (one trace per job).
 pub(crate) async fn commit(
     state: &IngestState,
@@ -251,36 +274,25 @@ pub(crate) async fn commit(
         }
     }
 
-    for alias in aliases {
-        match backends.jobs.bind_alias(alias, &job.id).await {
-            Ok(bound) if bound == job.id => {}
-            Ok(bound) => {
-                // A concurrent request with the same key won.
-                let earlier = backends.jobs.get(&bound).await;
-                discard(state, stored).await;
-                return match earlier? {
-                    Some(job) => Ok(Accepted {
-                        status: StatusCode::OK,
-                        job,
-                    }),
-                    None => Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        "a request with this Idempotency-Key (or songhash) is in progress; retry",
-                    )),
-                };
-            }
-            Err(err) => {
-                discard(state, stored).await;
-                return Err(err.into());
-            }
-        }
-    }
-
     let bytes = stored.bytes;
-    let job = enqueue_new(backends, stored.job, None).await?;
-    observe::metrics::upload_accepted(bytes);
-    Ok(Accepted {
-        status: StatusCode::ACCEPTED,
-        job,
-    })
+    match enqueue_new(backends, stored.job, aliases, None).await? {
+        Enqueued::New(job) => {
+            observe::metrics::upload_accepted(bytes);
+            Ok(Accepted {
+                status: StatusCode::ACCEPTED,
+                job: *job,
+            })
+        }
+        // A request with the same key got there first (its copy of the body is the one kept).
+        Enqueued::Existing(earlier) => match backends.jobs.get(&earlier).await? {
+            Some(job) => Ok(Accepted {
+                status: StatusCode::OK,
+                job,
+            }),
+            None => Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the job this Idempotency-Key (or songhash) named was deleted meanwhile; retry",
+            )),
+        },
+    }
 }

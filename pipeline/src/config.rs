@@ -292,6 +292,11 @@ pub struct WorkerConfig {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub claim_wait_ms: u64,
+    /// How long a worker waits out an outage of object storage or Redis in the middle of a
+    /// job (retrying in place, with the backoff) before it fails the job with the outage's
+    /// code (`storage_unavailable`, `queue_unavailable`). Time waited does not count against
+    /// `max_attempts`. 0: an outage counts as a failed attempt at once.
+    pub outage_budget_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -302,6 +307,7 @@ impl Default for WorkerConfig {
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
             claim_wait_ms: 5_000,
+            outage_budget_secs: 300,
         }
     }
 }
@@ -320,6 +326,7 @@ impl WorkerConfig {
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             claim_wait: Duration::from_millis(self.claim_wait_ms),
+            outage_budget: Duration::from_secs(self.outage_budget_secs),
             consumer: consumer.into(),
             ..WorkerSettings::default()
         }
@@ -391,7 +398,9 @@ pub struct JobsConfig {
     /// A job whose record has not moved for this long is handed to its stage again (lost
     /// message, crash between creating the record and queueing it). Must be well above the
     /// time a job can wait in a queue plus `worker.visibility_timeout_secs`, or it only adds
-    /// duplicate messages (which are harmless: the worker skips them).
+    /// duplicate messages (which are harmless: the worker skips them). A safety net, rarely
+    /// used: submission creates the record and queues it in one step, so only an entry lost
+    /// with a queue server's data (a failover that dropped writes) leaves a job to it.
     pub sweep_after_secs: u64,
     /// An object under a job's prefixes (`uploads/<id>/`, ...) whose job has no record and
     /// that was written this long ago is an orphan (a crash between storing an upload and
@@ -406,7 +415,7 @@ impl Default for JobsConfig {
         Self {
             retention_secs: 24 * 3600,
             dedup: false,
-            sweep_after_secs: 3600,
+            sweep_after_secs: 600,
             orphan_after_secs: 3600,
             janitor_interval_secs: 60,
         }

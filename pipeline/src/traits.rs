@@ -38,6 +38,10 @@ pub enum BackendError {
     /// multipart. A client error (400), never a fault of the service.
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    /// The server is set up in a way this backend cannot work with (Redis in cluster
+    /// mode): a configuration error, not an outage.
+    #[error("unsupported server: {0}")]
+    Unsupported(String),
     /// A byte range that does not fit the object.
     #[error("byte range {start}..{end} does not fit object {key:?} of {size} bytes")]
     InvalidRange {
@@ -57,6 +61,7 @@ impl BackendError {
             Self::Queue(_) => ErrorCode::QueueUnavailable,
             Self::Events(_) => ErrorCode::EventsUnavailable,
             Self::Io(_) => ErrorCode::Io,
+            Self::Unsupported(_) => ErrorCode::InvalidOption,
             Self::InvalidKey(_) | Self::InvalidRange { .. } | Self::ClientBody(_) => {
                 ErrorCode::BadRequest
             }
@@ -203,6 +208,15 @@ pub struct ObjectInfo {
     pub modified_ms: u64,
 }
 
+/// What [`JobStore::create_queued`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// The record was created and the job queued.
+    Created,
+    /// One of the aliases names this earlier job; nothing was created.
+    Existing(JobId),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     Stored {
@@ -248,6 +262,35 @@ pub trait JobStore: Send + Sync {
     async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError>;
     /// The job `alias` is bound to, if any (and if that record still exists).
     async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError>;
+    /// Creates the record of a new job, binds `aliases` (idempotency keys, songhashes) to it
+    /// and hands it to `stage` with `message`, as one step: a client told its job was not
+    /// accepted has nothing in flight, one told it was has a job a worker will get. When one
+    /// of `aliases` is bound to a job whose record exists, nothing is created and that job is
+    /// named ([`Submitted::Existing`]). Safe to repeat after an error whose outcome is unknown
+    /// (a connection that broke mid-command): a repeat of a call that did happen answers
+    /// [`Submitted::Created`] again.
+    ///
+    /// The default creates, binds, then enqueues on `queue`, and deletes the record again if
+    /// the enqueue fails. A store that lives beside its queue overrides it with one atomic
+    /// step (Redis: one script writes the record, the aliases and the stream entry).
+    async fn create_queued(
+        &self,
+        job: &Job,
+        aliases: &[String],
+        queue: &dyn StageQueue,
+        stage: Stage,
+        message: &StageMessage,
+    ) -> Result<Submitted, BackendError> {
+        create_then_enqueue(self, job, aliases, queue, stage, message).await
+    }
+    /// Takes the lease `name` for `holder` for `ttl`, or renews it if `holder` has it: true
+    /// when `holder` holds it afterwards, false while someone else does. A lease nobody renews
+    /// lapses after `ttl`. Ingest leases an Idempotency-Key while its upload streams, so a
+    /// second request with the key waits instead of uploading the body again, and a holder
+    /// that died frees the key within `ttl`.
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BackendError>;
+    /// Gives the lease `name` back if `holder` still has it.
+    async fn release(&self, name: &str, holder: &str) -> Result<(), BackendError>;
     /// How many of the tenant's jobs are not in a terminal state (what a per-tenant cap on
     /// unfinished jobs counts). Kept with the records, so every ingest replica sees it.
     async fn active_count(&self, tenant: &str) -> Result<u64, BackendError>;
@@ -259,6 +302,46 @@ pub trait JobStore: Send + Sync {
         now_ms: u64,
         window_ms: u64,
     ) -> Result<u64, BackendError>;
+}
+
+/// The default [`JobStore::create_queued`], in steps: for a store that has no atomic one, and
+/// for one that is not beside the queue it is given.
+pub async fn create_then_enqueue<S: JobStore + ?Sized>(
+    store: &S,
+    job: &Job,
+    aliases: &[String],
+    queue: &dyn StageQueue,
+    stage: Stage,
+    message: &StageMessage,
+) -> Result<Submitted, BackendError> {
+    for alias in aliases {
+        if let Some(bound) = store.resolve_alias(alias).await?
+            && bound != job.id
+        {
+            return Ok(Submitted::Existing(bound));
+        }
+    }
+    match store.create(job).await {
+        Ok(()) => {}
+        // A repeat of this very call.
+        Err(BackendError::Conflict(_)) if store.get(&job.id).await?.as_ref() == Some(job) => {}
+        Err(err) => return Err(err),
+    }
+    for alias in aliases {
+        let bound = store.bind_alias(alias, &job.id).await?;
+        if bound != job.id {
+            // Bound meanwhile by a request that did not hold the key's lease.
+            store.delete(&job.id).await?;
+            return Ok(Submitted::Existing(bound));
+        }
+    }
+    if let Err(err) = queue.enqueue(stage, message.clone()).await {
+        if let Err(undo) = store.delete(&job.id).await {
+            tracing::warn!(job = %job.id, %undo, "record of an unqueued job left for the janitor's sweep");
+        }
+        return Err(err);
+    }
+    Ok(Submitted::Created)
 }
 
 /// Reacts to a job's transitions in the process that makes them (metrics, webhooks). Called

@@ -27,6 +27,7 @@ use crate::job::{Job, JobId, JobState, Stage, keys, now_ms};
 use crate::stage::{ProgressSink, StageContext, StageError, StageHandler, StageOutput};
 use crate::traits::{
     BackendError, ByteStream, Delivery, EventKind, JobEvent, Progress, PutOutcome, StageMessage,
+    Submitted,
 };
 use audio::error::{CodedError, ErrorCode};
 
@@ -42,6 +43,10 @@ pub struct WorkerSettings {
     pub backoff_max: Duration,
     /// How long one claim call waits for a message.
     pub claim_wait: Duration,
+    /// How long an outage of a dependency (storage, queue, events) is waited out in place
+    /// during a delivery before the job fails with the outage's code; not counted as
+    /// attempts.
+    pub outage_budget: Duration,
     /// This worker's name on the queue (Redis consumer name).
     pub consumer: String,
     /// How often the record is re-read while a stage runs, to notice a cancelled job even
@@ -57,6 +62,7 @@ impl Default for WorkerSettings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             claim_wait: Duration::from_secs(5),
+            outage_budget: Duration::from_secs(300),
             consumer: default_consumer_name(),
             cancel_poll: Duration::from_secs(1),
         }
@@ -353,7 +359,10 @@ impl Worker {
         // Find out what to do, and move the record into this stage's running state.
         let mut attempts_left = 3;
         let running = loop {
-            let Some(job) = jobs.get(id).await? else {
+            let Some(job) = self
+                .patiently("read the record", shutdown, || jobs.get(id))
+                .await?
+            else {
                 tracing::warn!(%stage, job = %id, "message for a job without a record dropped");
                 queue.ack(stage, delivery).await?;
                 return Ok(Outcome::Skipped("no record"));
@@ -398,9 +407,23 @@ impl Worker {
             let times = running.stages.entry(stage).or_default();
             times.started_ms = Some(running.updated_ms);
             times.finished_ms = None;
-            match jobs.compare_and_set(job.state, job.attempt, &running).await {
+            let moved = self
+                .patiently("start the stage", shutdown, || {
+                    jobs.compare_and_set(job.state, job.attempt, &running)
+                })
+                .await;
+            match moved {
                 Ok(()) => break running,
-                Err(BackendError::Conflict(_)) if attempts_left > 1 => attempts_left -= 1,
+                Err(BackendError::Conflict(conflict)) => {
+                    // A move repeated after its reply was lost finds its own write.
+                    if self.is_record(id, &running, shutdown).await? {
+                        break running;
+                    }
+                    if attempts_left <= 1 {
+                        return Err(BackendError::Conflict(conflict));
+                    }
+                    attempts_left -= 1;
+                }
                 Err(err) => return Err(err),
             }
         };
@@ -419,12 +442,12 @@ impl Worker {
             span.record("msaas.audio_duration_secs", source.duration_secs);
         }
 
-        let in_flight = observe::metrics::InFlight::start(stage.as_str());
-        let result = self.run_handler(&running, delivery, shutdown).await;
-        drop(in_flight);
+        let (result, outage_over) = self.run_through_outages(&running, delivery, shutdown).await;
 
         // The job may have been cancelled while the stage ran: then nothing it did counts.
-        let current = jobs.get(id).await?;
+        let current = self
+            .patiently("read the record", shutdown, || jobs.get(id))
+            .await?;
         let Some(current) = current else {
             queue.ack(stage, delivery).await?;
             return Ok(Outcome::Skipped("record deleted while the stage ran"));
@@ -439,11 +462,22 @@ impl Worker {
         }
 
         match result {
-            Ok(output) => self.finish(running, delivery, output).await,
+            Ok(output) => self.finish(running, delivery, output, shutdown).await,
             Err(_) if shutdown.is_cancelled() => {
                 queue.retry(stage, delivery, Duration::ZERO).await?;
                 tracing::info!(%stage, job = %id, "shutdown: stage interrupted, message given back");
                 Ok(Outcome::Released)
+            }
+            Err(StageError(error)) if outage_over => {
+                let code = error.code;
+                let failed = CodedError::new(
+                    code,
+                    format!(
+                        "{stage}: a dependency stayed unreachable for longer than the outage budget ({} s, worker.outage_budget_secs); last error: {error}",
+                        self.settings.outage_budget.as_secs()
+                    ),
+                );
+                self.exhaust(running, delivery, failed, code).await
             }
             Err(StageError(error)) if error.code.is_transient() => {
                 if delivery.attempt >= self.settings.max_attempts {
@@ -471,6 +505,122 @@ impl Worker {
                         Ok(Outcome::Failed(error))
                     }
                     None => self.after_lost_race(delivery).await,
+                }
+            }
+        }
+    }
+
+    /// Runs the handler, and again in place while it fails because a dependency is down
+    /// (storage, queue, events: [`ErrorCode::is_outage`]), with the backoff between runs, for
+    /// up to the outage budget: an outage costs the job time, not attempts. The flag says the
+    /// budget ran out (the job then fails with the outage's code).
+    async fn run_through_outages(
+        &self,
+        running: &Job,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> (Result<StageOutput, StageError>, bool) {
+        let stage = self.stage();
+        let mut outage: Option<(std::time::Instant, u32)> = None;
+        loop {
+            let in_flight = observe::metrics::InFlight::start(stage.as_str());
+            let result = self.run_handler(running, delivery, shutdown).await;
+            drop(in_flight);
+            let error = match &result {
+                Err(StageError(error)) if error.code.is_outage() && !shutdown.is_cancelled() => {
+                    error
+                }
+                _ => {
+                    if outage.is_some() && result.is_ok() {
+                        tracing::info!(%stage, job = %running.id, "dependency back: stage ran");
+                    }
+                    return (result, false);
+                }
+            };
+            let (since, failures) = outage.get_or_insert((std::time::Instant::now(), 0));
+            *failures += 1;
+            let waited = since.elapsed();
+            if waited >= self.settings.outage_budget {
+                return (result, true);
+            }
+            if *failures == 1 {
+                tracing::warn!(%stage, job = %running.id, %error, budget = ?self.settings.outage_budget,
+                    "a dependency is down; waiting it out (not counted as an attempt)");
+            }
+            let delay = self
+                .settings
+                .backoff(*failures)
+                .min(self.settings.outage_budget - waited);
+            tokio::select! {
+                () = shutdown.cancelled() => return (result, false),
+                () = tokio::time::sleep(delay) => {}
+            }
+            // Cancelled or deleted meanwhile: the caller's look at the record settles it.
+            if let Ok(Some(current)) = self.backends.jobs.get(&running.id).await
+                && (current.state != running.state || current.attempt != running.attempt)
+            {
+                return (result, false);
+            }
+        }
+    }
+
+    /// Whether the record of `id` is exactly `expected` (a move of ours already applied).
+    async fn is_record(
+        &self,
+        id: &JobId,
+        expected: &Job,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, BackendError> {
+        let current = self
+            .patiently("read the record", shutdown, || self.backends.jobs.get(id))
+            .await?;
+        Ok(current.as_ref() == Some(expected))
+    }
+
+    /// Runs a bookkeeping step (a record move, an enqueue, an ack) again while it fails
+    /// because the queue or the store is down, with the backoff between tries, for up to the
+    /// outage budget or until shutdown; then its last error is returned. Every such step is
+    /// safe to repeat (see the record semantics above).
+    async fn patiently<T, F, Fut>(
+        &self,
+        what: &'static str,
+        shutdown: &CancellationToken,
+        mut step: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let stage = self.stage();
+        let started = std::time::Instant::now();
+        let mut failures: u32 = 0;
+        loop {
+            let result = step().await;
+            match &result {
+                Err(err)
+                    if err.code().is_outage()
+                        && started.elapsed() < self.settings.outage_budget
+                        && !shutdown.is_cancelled() =>
+                {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(%stage, step = what, %err, "a dependency is down; waiting for it");
+                    }
+                    let delay = self.settings.backoff(failures).min(
+                        self.settings
+                            .outage_budget
+                            .saturating_sub(started.elapsed()),
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => return result,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                _ => {
+                    if failures > 0 && result.is_ok() {
+                        tracing::info!(%stage, step = what, "dependency back");
+                    }
+                    return result;
                 }
             }
         }
@@ -561,6 +711,7 @@ impl Worker {
         running: Job,
         delivery: &Delivery,
         output: StageOutput,
+        shutdown: &CancellationToken,
     ) -> Result<Outcome, BackendError> {
         let stage = self.stage();
         let mut finished = running.clone();
@@ -577,13 +728,18 @@ impl Worker {
         if next.is_none() {
             finished.state = JobState::Done;
         }
-        match self
-            .backends
-            .jobs
-            .compare_and_set(running.state, running.attempt, &finished)
-            .await
-        {
+        let moved = self
+            .patiently("finish the stage", shutdown, || {
+                self.backends
+                    .jobs
+                    .compare_and_set(running.state, running.attempt, &finished)
+            })
+            .await;
+        match moved {
             Ok(()) => {}
+            // A move repeated after its reply was lost finds its own write.
+            Err(BackendError::Conflict(_))
+                if self.is_record(&finished.id, &finished, shutdown).await? => {}
             Err(BackendError::Conflict(_)) => return self.after_lost_race(delivery).await,
             Err(err) => return Err(err),
         }
@@ -597,10 +753,11 @@ impl Worker {
         .await;
         let outcome = match next {
             Some(next) => {
-                self.backends
-                    .queue
-                    .enqueue(next, self.next_message(delivery))
-                    .await?;
+                let message = self.next_message(delivery);
+                self.patiently("queue the next stage", shutdown, || {
+                    self.backends.queue.enqueue(next, message.clone())
+                })
+                .await?;
                 Outcome::Advanced { next }
             }
             None => {
@@ -608,7 +765,8 @@ impl Worker {
                 Outcome::Done
             }
         };
-        self.backends.queue.ack(stage, delivery).await?;
+        self.patiently("ack", shutdown, || self.backends.queue.ack(stage, delivery))
+            .await?;
         Ok(outcome)
     }
 
@@ -794,7 +952,14 @@ pub async fn submit(
 ) -> Result<Job, CodedError> {
     job.options.validate()?;
     store_source(backends, &mut job, source, limit).await?;
-    enqueue_new(backends, job, traceparent).await
+    match enqueue_new(backends, job, &[], traceparent).await? {
+        Enqueued::New(job) => Ok(*job),
+        // Without aliases no earlier job can be named.
+        Enqueued::Existing(earlier) => Err(CodedError::new(
+            ErrorCode::Conflict,
+            format!("job {earlier} was returned for a submission without aliases"),
+        )),
+    }
 }
 
 /// The first half of [`submit`]: streams the source to [`keys::source`] and sets
@@ -848,38 +1013,79 @@ pub async fn store_source(
     Ok(())
 }
 
-/// The second half of [`submit`]: creates the record (state `queued`), publishes `queued`
-/// and enqueues decode. On a create failure the stored source is deleted. Without a
-/// `traceparent`, the current span's (if traced) starts the job's trace.
+/// What [`enqueue_new`] came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// The job was created and queued.
+    New(Box<Job>),
+    /// One of the aliases names this earlier job: nothing was created, the stored source of
+    /// the new one is deleted.
+    Existing(JobId),
+}
+
+/// The second half of [`submit`]: publishes `queued`, then creates the record (state
+/// `queued`), binds `aliases` to it and enqueues decode in one step
+/// ([`JobStore::create_queued`]).
+/// When it fails, nothing was accepted and the stored source is deleted — unless the record
+/// turns out to exist after all (the connection broke after the step ran): then the job is
+/// accepted. Without a `traceparent`, the current span's (if traced) starts the job's trace.
+///
+/// [`JobStore::create_queued`]: crate::traits::JobStore::create_queued
 pub async fn enqueue_new(
     backends: &Backends,
     mut job: Job,
+    aliases: &[String],
     traceparent: Option<String>,
-) -> Result<Job, CodedError> {
+) -> Result<Enqueued, CodedError> {
     let traceparent = traceparent.or_else(observe::trace::current_traceparent);
     let key = keys::source(&job.id);
     job.state = JobState::Queued;
     job.attempt = 0;
-    if let Err(err) = backends.jobs.create(&job).await {
-        if let Err(cleanup) = backends.store.delete(&key).await {
-            tracing::warn!(job = %job.id, %cleanup, "orphaned source not removed");
-        }
-        return Err(err.into());
-    }
-    // Published before the enqueue so that `queued` always precedes decode's `stage_started`.
+    let message = StageMessage {
+        job_id: job.id.clone(),
+        traceparent,
+    };
+    // Published first so that `queued` always precedes decode's `stage_started` (a worker may
+    // claim the job the moment it is queued). If the step then fails, the event names a job
+    // that does not exist: events are hints, the record is the truth.
     publish(backends, EventKind::Queued, &job, None).await;
-    backends
-        .queue
-        .enqueue(
+    let created = backends
+        .jobs
+        .create_queued(
+            &job,
+            aliases,
+            backends.queue.as_ref(),
             Stage::Decode,
-            StageMessage {
-                job_id: job.id.clone(),
-                traceparent,
-            },
+            &message,
         )
-        .await?;
+        .await;
+    match created {
+        Ok(Submitted::Created) => {}
+        Ok(Submitted::Existing(earlier)) => {
+            delete_source(backends, &job.id, &key).await;
+            return Ok(Enqueued::Existing(earlier));
+        }
+        Err(err) => match backends.jobs.get(&job.id).await {
+            Ok(Some(record)) if record == job => {
+                tracing::info!(job = %job.id, %err, "job accepted although the reply was lost");
+            }
+            Ok(_) => {
+                delete_source(backends, &job.id, &key).await;
+                return Err(err.into());
+            }
+            // Whether it was accepted is unknown: the source stays, for the job if it exists,
+            // else for the janitor's orphan collection.
+            Err(_) => return Err(err.into()),
+        },
+    }
     tracing::info!(job = %job.id, tenant = %job.tenant, "job queued");
-    Ok(job)
+    Ok(Enqueued::New(Box::new(job)))
+}
+
+async fn delete_source(backends: &Backends, job: &JobId, key: &str) {
+    if let Err(cleanup) = backends.store.delete(key).await {
+        tracing::warn!(%job, %cleanup, "source of a job not created not removed");
+    }
 }
 
 /// [`submit`] of a local file (`msaas run`), streamed, never read whole into memory. A

@@ -17,6 +17,35 @@ pub(super) fn redis_error(what: &str, err: RedisError) -> BackendError {
     BackendError::Queue(format!("redis {what}: {err}"))
 }
 
+/// A failure that means the connection itself broke (a Redis restart or failover leaves the
+/// shared connection dead: the first command after it fails, and the manager reconnects).
+fn broken_connection(err: &RedisError) -> bool {
+    err.is_unrecoverable_error() || err.is_connection_dropped()
+}
+
+/// Runs `command` and, when it failed because the connection broke, once more on the
+/// connection the manager reconnects, so a restart of Redis costs no request an error. Only
+/// for commands that are safe to repeat: the first may have run before the connection broke.
+pub(super) async fn retried<T, F, Fut>(
+    conn: &ConnectionManager,
+    what: &str,
+    command: F,
+) -> Result<T, BackendError>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    match command(conn.clone()).await {
+        Err(err) if broken_connection(&err) => {
+            tracing::debug!(what, %err, "redis connection broke; trying once more on a fresh one");
+            command(conn.clone())
+                .await
+                .map_err(|err| redis_error(what, err))
+        }
+        result => result.map_err(|err| redis_error(what, err)),
+    }
+}
+
 pub(super) fn open_client(url: &str) -> Result<::redis::Client, BackendError> {
     ::redis::Client::open(url)
         .map_err(|err| BackendError::Queue(format!("invalid redis url {url:?}: {err}")))
@@ -30,9 +59,29 @@ pub(super) async fn connection_manager(
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_number_of_retries(3);
-    ConnectionManager::new_with_config(client, config)
+    let conn = ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|err| redis_error("connect", err))
+        .map_err(|err| redis_error("connect", err))?;
+    refuse_cluster_mode(&conn).await?;
+    Ok(conn)
+}
+
+/// MSaaS needs one Redis primary (replicas and Sentinel for failover are fine): its scripts
+/// move a job's record, indexes, aliases and queue entry together, keys that Redis Cluster
+/// would spread over slots. A cluster node is refused at connect, in words, rather than
+/// failing later with CROSSSLOT on the first job.
+async fn refuse_cluster_mode(conn: &ConnectionManager) -> Result<(), BackendError> {
+    let info: String = ::redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(|err| redis_error("INFO cluster", err))?;
+    if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+        return Err(BackendError::Unsupported(
+            "this Redis runs in cluster mode; MSaaS needs a single primary (with replicas or Sentinel for failover), as helm/msaas/README.md says under dependencies".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn check_namespace(namespace: &str) -> Result<(), BackendError> {

@@ -9,9 +9,12 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 
-use super::client::{check_namespace, connection_manager, open_client, redis_error};
-use pipeline::job::{Job, JobId, JobState};
-use pipeline::traits::{BackendError, JobStore};
+use super::client::{check_namespace, connection_manager, open_client, redis_error, retried};
+use super::queue::RedisQueue;
+use pipeline::job::{Job, JobId, JobState, Stage};
+use pipeline::traits::{
+    BackendError, JobStore, StageMessage, StageQueue, Submitted, create_then_enqueue,
+};
 
 static CREATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/create_job.lua")));
@@ -21,6 +24,9 @@ static DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/delete_job.lua")));
 static BIND_ALIAS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/bind_alias.lua")));
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/lease.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 
 /// How long an alias bound before its record exists stays bound unless the record is
 /// created: long enough for any submission, short enough that a crashed one frees its
@@ -41,6 +47,18 @@ pub struct RedisJobStore {
     conn: ConnectionManager,
     namespace: String,
     retention: Duration,
+    /// The queue on the same server and namespace: new jobs are created and queued on it in
+    /// one script ([`JobStore::create_queued`]).
+    queue: Option<RedisQueue>,
+}
+
+/// What the create script came to.
+enum Created {
+    New,
+    /// An alias names this earlier job, whose record exists.
+    Existing(JobId),
+    /// The id exists with another record.
+    Exists,
 }
 
 impl std::fmt::Debug for RedisJobStore {
@@ -71,7 +89,17 @@ impl RedisJobStore {
             conn,
             namespace: namespace.to_owned(),
             retention,
+            queue: None,
         })
+    }
+
+    /// Declares `queue` to live on the same Redis server as these records (same namespace),
+    /// so that [`JobStore::create_queued`] writes the record and the first stream entry in
+    /// one script. Only for the queue the same [`pipeline::Backends`] carry: `connect` pairs
+    /// them. Without it, `create_queued` works in steps on the queue it is given.
+    pub fn beside(mut self, queue: &RedisQueue) -> Self {
+        self.queue = (queue.namespace() == self.namespace).then(|| queue.clone());
+        self
     }
 
     pub fn namespace(&self) -> &str {
@@ -121,6 +149,10 @@ impl RedisJobStore {
         format!("{}:alias:", self.namespace)
     }
 
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.namespace)
+    }
+
     fn tenant_key(&self, tenant: &str) -> String {
         format!("{}:tenant:{tenant}:jobs", self.namespace)
     }
@@ -167,6 +199,75 @@ impl RedisJobStore {
         })
     }
 
+    /// The create script (`create_job.lua`): the record, its indexes and `aliases`, and with
+    /// `entry` (stream key, traceparent) the first queue entry, in one step. `repeatable`: a
+    /// repeat of the call counts as created (the script compares the record), so it is
+    /// retried once on a broken connection; otherwise an existing id is always `Exists`.
+    async fn create_record(
+        &self,
+        job: &Job,
+        aliases: &[String],
+        entry: Option<(String, Option<&str>)>,
+        repeatable: bool,
+    ) -> Result<Created, BackendError> {
+        let id = job.id.as_str();
+        let mut invocation = CREATE.key(self.job_key(id));
+        invocation
+            .key(self.tenant_key(&job.tenant))
+            .key(self.stale_key())
+            .key(self.expired_key())
+            .key(self.sequence_key())
+            .key(self.aliases_key(id))
+            .key(self.active_key(&job.tenant));
+        let traceparent = entry.as_ref().and_then(|(_, traceparent)| *traceparent);
+        if let Some((stream, _)) = &entry {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(id)
+            .arg(Self::encode(job)?)
+            .arg(job.state.as_str())
+            .arg(job.attempt)
+            .arg(&job.tenant)
+            .arg(job.created_ms)
+            .arg(job.updated_ms)
+            .arg(flag(job.state.is_terminal()))
+            .arg(self.expiry_secs())
+            .arg(self.alias_key_prefix())
+            .arg(self.job_key(""))
+            .arg(traceparent.unwrap_or_default())
+            .arg(flag(repeatable));
+        for alias in aliases {
+            invocation.arg(alias);
+        }
+        let reply: Vec<String> = if repeatable {
+            let invocation = &invocation;
+            retried(&self.conn, "create job", |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?
+        } else {
+            invocation
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(|err| redis_error("create job", err))?
+        };
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("created"), _) => Ok(Created::New),
+            (Some("exists"), _) => Ok(Created::Exists),
+            (Some("existing"), Some(earlier)) => {
+                earlier.parse().map(Created::Existing).map_err(|_| {
+                    BackendError::Queue(format!(
+                        "an alias of job {id} names {earlier:?}, not a job id"
+                    ))
+                })
+            }
+            _ => Err(BackendError::Queue(format!(
+                "create of job {id}: unexpected reply {reply:?}"
+            ))),
+        }
+    }
+
     /// The records of `ids` (in order), skipping ids whose record is gone; also returns
     /// those ids so an index can drop them.
     async fn records(&self, ids: &[String]) -> Result<(Vec<Job>, Vec<String>), BackendError> {
@@ -197,43 +298,40 @@ impl RedisJobStore {
 #[async_trait]
 impl JobStore for RedisJobStore {
     async fn create(&self, job: &Job) -> Result<(), BackendError> {
-        let id = job.id.as_str();
-        let mut conn = self.conn.clone();
-        let mut invocation = CREATE.key(self.job_key(id));
-        invocation
-            .key(self.tenant_key(&job.tenant))
-            .key(self.stale_key())
-            .key(self.expired_key())
-            .key(self.sequence_key())
-            .key(self.aliases_key(id))
-            .key(self.active_key(&job.tenant))
-            .arg(id)
-            .arg(Self::encode(job)?)
-            .arg(job.state.as_str())
-            .arg(job.attempt)
-            .arg(&job.tenant)
-            .arg(job.created_ms)
-            .arg(job.updated_ms)
-            .arg(flag(job.state.is_terminal()))
-            .arg(self.expiry_secs())
-            .arg(self.alias_key_prefix());
-        let created: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|err| redis_error("create job", err))?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(BackendError::Conflict(format!("job {id} exists")))
+        match self.create_record(job, &[], None, false).await? {
+            Created::New => Ok(()),
+            Created::Existing(_) | Created::Exists => {
+                Err(BackendError::Conflict(format!("job {} exists", job.id)))
+            }
+        }
+    }
+
+    async fn create_queued(
+        &self,
+        job: &Job,
+        aliases: &[String],
+        queue: &dyn StageQueue,
+        stage: Stage,
+        message: &StageMessage,
+    ) -> Result<Submitted, BackendError> {
+        let Some(beside) = &self.queue else {
+            return create_then_enqueue(self, job, aliases, queue, stage, message).await;
+        };
+        let entry = (beside.stream_key(stage), message.traceparent.as_deref());
+        match self.create_record(job, aliases, Some(entry), true).await? {
+            Created::New => Ok(Submitted::Created),
+            Created::Existing(earlier) => Ok(Submitted::Existing(earlier)),
+            Created::Exists => Err(BackendError::Conflict(format!("job {} exists", job.id))),
         }
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, BackendError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn
-            .hget(self.job_key(id.as_str()), "json")
-            .await
-            .map_err(|err| redis_error("HGET job", err))?;
+        let key = self.job_key(id.as_str());
+        let json: Option<String> = retried(&self.conn, "HGET job", |mut conn| {
+            let key = &key;
+            async move { conn.hget(key, "json").await }
+        })
+        .await?;
         json.map(|json| Self::decode(id.as_str(), &json))
             .transpose()
     }
@@ -374,7 +472,6 @@ impl JobStore for RedisJobStore {
     }
 
     async fn bind_alias(&self, alias: &str, id: &JobId) -> Result<JobId, BackendError> {
-        let mut conn = self.conn.clone();
         let mut invocation = BIND_ALIAS.key(format!("{}{alias}", self.alias_key_prefix()));
         invocation
             .key(self.aliases_key(id.as_str()))
@@ -382,10 +479,11 @@ impl JobStore for RedisJobStore {
             .arg(id.as_str())
             .arg(alias)
             .arg(PENDING_ALIAS_TTL.as_secs());
-        let bound: String = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|err| redis_error("bind alias", err))?;
+        let invocation = &invocation;
+        let bound: String = retried(&self.conn, "bind alias", |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
         bound.parse().map_err(|_| {
             BackendError::Queue(format!(
                 "alias {alias:?} is bound to {bound:?}, not a job id"
@@ -394,19 +492,46 @@ impl JobStore for RedisJobStore {
     }
 
     async fn resolve_alias(&self, alias: &str) -> Result<Option<JobId>, BackendError> {
-        let mut conn = self.conn.clone();
-        let bound: Option<String> = conn
-            .get(format!("{}{alias}", self.alias_key_prefix()))
-            .await
-            .map_err(|err| redis_error("GET alias", err))?;
+        let key = format!("{}{alias}", self.alias_key_prefix());
+        let bound: Option<String> = retried(&self.conn, "GET alias", |mut conn| {
+            let key = &key;
+            async move { conn.get(key).await }
+        })
+        .await?;
         let Some(bound) = bound else {
             return Ok(None);
         };
-        let exists: bool = conn
-            .exists(self.job_key(&bound))
-            .await
-            .map_err(|err| redis_error("EXISTS job", err))?;
+        let record = self.job_key(&bound);
+        let exists: bool = retried(&self.conn, "EXISTS job", |mut conn| {
+            let record = &record;
+            async move { conn.exists(record).await }
+        })
+        .await?;
         Ok(if exists { bound.parse().ok() } else { None })
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let mut invocation = LEASE.key(self.lease_key(name));
+        invocation
+            .arg(holder)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let invocation = &invocation;
+        let held: i64 = retried(&self.conn, "lease", |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
+        Ok(held == 1)
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), BackendError> {
+        let mut invocation = RELEASE.key(self.lease_key(name));
+        invocation.arg(holder);
+        let invocation = &invocation;
+        retried(&self.conn, "release lease", |mut conn| async move {
+            invocation.invoke_async::<i64>(&mut conn).await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn active_count(&self, tenant: &str) -> Result<u64, BackendError> {

@@ -12,6 +12,8 @@
 //! - `{ns}:tenant:{tenant}:jobs` zset of job ids by creation time
 //! - `{ns}:jobs:stale` / `{ns}:jobs:expired` zsets of unfinished / finished jobs by `updated_ms`
 //! - `{ns}:alias:{alias}` string (job id), `{ns}:job:{id}:aliases` set of a job's aliases
+//! - `{ns}:lease:{alias}` string (holder) with a TTL: an Idempotency-Key whose upload is
+//!   streaming
 //! - `{ns}:apikeys` hash: SHA-256 of an API key (hex) → tenant
 
 mod client;

@@ -72,10 +72,7 @@ impl StageHandler for TrivialStage {
             }
             Stage::Encode => {
                 if model == FLAKY_MODEL {
-                    return Err(StageError::new(
-                        ErrorCode::StorageUnavailable,
-                        "storage down (on purpose)",
-                    ));
+                    return Err(StageError::new(ErrorCode::Io, "disk hiccup (on purpose)"));
                 }
                 Ok(StageOutput {
                     results: vec![("vocals".into(), format!("results/{}/vocals.wav", job.id))],

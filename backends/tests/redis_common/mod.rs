@@ -84,9 +84,15 @@ pub async fn redis_backends(
     store_dir: &std::path::Path,
     visibility_timeout: Duration,
 ) -> Backends {
+    // Paired as `connect` pairs them: new jobs are created and queued in one script.
+    let queue = namespace.queue(visibility_timeout).await;
+    let jobs = namespace
+        .store(Duration::from_secs(3600))
+        .await
+        .beside(&queue);
     Backends {
-        queue: Arc::new(namespace.queue(visibility_timeout).await),
-        jobs: Arc::new(namespace.store(Duration::from_secs(3600)).await),
+        queue: Arc::new(queue),
+        jobs: Arc::new(jobs),
         store: Arc::new(LocalDirStore::new(store_dir).expect("store dir")),
         events: Arc::new(LocalEvents::default()),
         hooks: Vec::new(),
@@ -100,6 +106,7 @@ pub fn settings(consumer: &str, visibility_timeout: Duration) -> WorkerSettings 
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
         claim_wait: Duration::from_millis(300),
+        outage_budget: Duration::from_secs(30),
         consumer: consumer.to_owned(),
         cancel_poll: Duration::from_millis(200),
     }
