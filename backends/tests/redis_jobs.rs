@@ -372,3 +372,111 @@ async fn api_keys_map_to_tenants() {
     );
     assert_eq!(store.api_key_tenant(&"0".repeat(64)).await.unwrap(), None);
 }
+
+/// `create_queued` beside its queue: record, aliases and decode's stream entry in one script.
+/// A repeat of the same call (a retry after a broken connection) is `Created` again and adds
+/// nothing; an alias bound to a live job names it and writes nothing; a binding left by a job
+/// whose record is gone does not block the alias.
+#[tokio::test]
+async fn create_queued_writes_record_aliases_and_entry_in_one_step() {
+    use pipeline::Stage;
+    use pipeline::traits::{StageMessage, StageQueue, Submitted};
+
+    let ns = TestNamespace::new();
+    let queue = ns.queue(Duration::from_secs(30)).await;
+    let store = ns.store(RETENTION).await.beside(&queue);
+    let first = job("acme");
+    let message = |job: &Job| StageMessage {
+        job_id: job.id.clone(),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    };
+    let aliases = vec!["idem:acme:k1".to_owned()];
+    for _ in 0..2 {
+        let created = store
+            .create_queued(&first, &aliases, &queue, Stage::Decode, &message(&first))
+            .await
+            .unwrap();
+        assert_eq!(created, Submitted::Created);
+    }
+    assert_eq!(store.get(&first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.resolve_alias("idem:acme:k1").await.unwrap(),
+        Some(first.id.clone())
+    );
+    let entries: i64 = redis::cmd("XLEN")
+        .arg(queue.stream_key(Stage::Decode))
+        .query(&mut ns.raw())
+        .unwrap();
+    assert_eq!(entries, 1, "the repeat added no second entry");
+    let delivery = queue
+        .claim(Stage::Decode, "test", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .expect("the job is queued");
+    assert_eq!(delivery.message, message(&first));
+    assert_eq!(delivery.attempt, 1);
+
+    // Another job with the same alias: the first is named, nothing written.
+    let second = job("acme");
+    let existing = store
+        .create_queued(&second, &aliases, &queue, Stage::Decode, &message(&second))
+        .await
+        .unwrap();
+    assert_eq!(existing, Submitted::Existing(first.id.clone()));
+    assert_eq!(store.get(&second.id).await.unwrap(), None);
+    let depth = queue.depth(Stage::Decode).await.unwrap();
+    assert_eq!((depth.waiting, depth.pending), (0, 1));
+
+    // A binding to a job that was never created (a crash before the record) is free.
+    let ghost = JobId::new_random();
+    assert_eq!(
+        store.bind_alias("idem:acme:k2", &ghost).await.unwrap(),
+        ghost
+    );
+    let third = job("acme");
+    let created = store
+        .create_queued(
+            &third,
+            &["idem:acme:k2".to_owned()],
+            &queue,
+            Stage::Decode,
+            &message(&third),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created, Submitted::Created);
+    assert_eq!(
+        store.resolve_alias("idem:acme:k2").await.unwrap(),
+        Some(third.id.clone())
+    );
+}
+
+/// Leases: one holder at a time, renewed by its holder, given back only by it, and free
+/// again once nobody renews it.
+#[tokio::test]
+async fn leases_have_one_holder_and_lapse() {
+    let ns = TestNamespace::new();
+    let store = ns.store(RETENTION).await;
+    let ttl = Duration::from_millis(300);
+    assert!(store.lease("idem:acme:k", "a", ttl).await.unwrap());
+    assert!(!store.lease("idem:acme:k", "b", ttl).await.unwrap());
+    assert!(
+        store.lease("idem:acme:k", "a", ttl).await.unwrap(),
+        "renewed"
+    );
+    store.release("idem:acme:k", "b").await.unwrap();
+    assert!(
+        !store.lease("idem:acme:k", "b", ttl).await.unwrap(),
+        "not b's to give back"
+    );
+    store.release("idem:acme:k", "a").await.unwrap();
+    assert!(
+        store.lease("idem:acme:k", "b", ttl).await.unwrap(),
+        "given back"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(
+        store.lease("idem:acme:k", "c", ttl).await.unwrap(),
+        "lapsed"
+    );
+}

@@ -460,6 +460,10 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("redis-server")
             .args([
@@ -472,6 +476,7 @@ impl PrivateRedis {
             ])
             .args(["--appendonly", "no", "--dir"])
             .arg(dir.path())
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
@@ -631,5 +636,28 @@ async fn running_work_shows_as_pending_entries_with_no_lag() {
     );
     for delivery in &held {
         queue.ack(Stage::Separate, delivery).await.unwrap();
+    }
+}
+
+/// One primary is what MSaaS supports (its scripts touch a job's keys together, which Redis
+/// Cluster spreads over slots): a cluster node is refused at connect with a configuration
+/// error that says so, by the queue and the job store alike, rather than CROSSSLOT later.
+#[tokio::test]
+async fn a_redis_cluster_node_is_refused_at_connect_in_words() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = PrivateRedis::start_with(port, &["--cluster-enabled", "yes"]);
+    server.wait_ready().await;
+    let queue = RedisQueue::connect(&server.url(), "msaas", Duration::from_secs(30)).await;
+    let jobs =
+        backends::RedisJobStore::connect(&server.url(), "msaas", Duration::from_secs(60)).await;
+    for err in [queue.err(), jobs.err()] {
+        let err = err.expect("a cluster node is refused");
+        assert_eq!(err.code(), ErrorCode::InvalidOption, "{err}");
+        assert!(err.to_string().contains("cluster mode"), "{err}");
+        assert!(err.to_string().contains("single primary"), "{err}");
     }
 }

@@ -526,10 +526,10 @@ impl Worker {
             let in_flight = observe::metrics::InFlight::start(stage.as_str());
             let result = self.run_handler(running, delivery, shutdown).await;
             drop(in_flight);
+            let waits = !self.settings.outage_budget.is_zero() && !shutdown.is_cancelled();
             let error = match &result {
-                Err(StageError(error)) if error.code.is_outage() && !shutdown.is_cancelled() => {
-                    error
-                }
+                // Without a budget an outage is an ordinary transient failure (an attempt).
+                Err(StageError(error)) if error.code.is_outage() && waits => error,
                 _ => {
                     if outage.is_some() && result.is_ok() {
                         tracing::info!(%stage, job = %running.id, "dependency back: stage ran");
