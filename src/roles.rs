@@ -146,7 +146,14 @@ pub async fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     let config = load_config(config_path)?;
     let addr = listen_address(&config, args.listen.as_deref())?;
     let shutdown = shutdown_on_signals()?;
-    let backends = backends(&config, args.embedded).await?;
+    let backends = if args.embedded {
+        backends(&config, true).await?
+    } else {
+        let Some(connected) = api_backends(&config, addr, &shutdown).await? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        crate::services::install_hooks(connected, &config)
+    };
     let mut tasks: JoinSet<()> = JoinSet::new();
     for stage in Stage::ALL {
         spawn_workers(
@@ -169,7 +176,10 @@ pub async fn ingest(config_path: Option<&Path>, args: IngestArgs) -> anyhow::Res
     let config = load_config(config_path)?;
     let addr = listen_address(&config, args.listen.as_deref())?;
     let shutdown = shutdown_on_signals()?;
-    let backends = backends(&config, false).await?;
+    let Some(backends) = api_backends(&config, addr, &shutdown).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let backends = crate::services::install_hooks(backends, &config);
     let mut tasks: JoinSet<()> = JoinSet::new();
     if !args.no_janitor {
         crate::services::spawn_janitor(&mut tasks, &backends, &config, &shutdown);
@@ -224,6 +234,28 @@ pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Res
         track_readiness(&backends, args.stage, &shutdown, ready);
     }
     stopped(tasks).await
+}
+
+/// The backends of a role that serves the API. While a dependency is down, a stand-in on the
+/// API address answers `/healthz` 200 and `/readyz` 503 (nothing else), so an orchestrator
+/// sees a live, unready pod rather than restarting it into a growing back-off; the API takes
+/// the address over once every server answers. `None`: shut down while waiting.
+async fn api_backends(
+    config: &Config,
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Backends>> {
+    match backends::connect(config).await {
+        Ok(backends) => return Ok(Some(backends)),
+        Err(err) if err.code.is_transient() => {}
+        Err(err) => return Err(err.into()),
+    }
+    let stand_in = CancellationToken::new();
+    let never_ready: observe::ReadyCheck = Arc::new(|| false);
+    observe::serve_metrics(addr, never_ready, stand_in.clone()).await?;
+    let connected = connect_until_up(config, shutdown).await;
+    stand_in.cancel();
+    connected
 }
 
 /// First wait between connection attempts; it doubles up to [`CONNECT_BACKOFF_MAX`].

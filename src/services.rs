@@ -78,7 +78,20 @@ pub async fn start_api(
         None
     };
     let state = ingest::IngestState::new(backends.clone(), config, installed_models(config), keys)?;
-    let (bound, serving) = ingest::bind(state, addr, shutdown.clone()).await?;
+    // A stand-in that held the address while dependencies were down lets go of it as its
+    // task ends: wait for that briefly rather than fail.
+    let mut tries = 0;
+    let (bound, serving) = loop {
+        match ingest::bind(state.clone(), addr, shutdown.clone()).await {
+            Err(ingest::IngestError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bound => break bound?,
+        }
+    };
     println!("listening http://{bound}");
     Ok(Box::pin(serving))
 }
