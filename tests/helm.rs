@@ -673,6 +673,8 @@ fn rendered_env_is_a_valid_msaas_config_for_each_role() {
             } else {
                 assert_eq!(args, ["worker", role]);
                 assert_eq!(config.observe.metrics_listen, format!("0.0.0.0:{port}"));
+                // Outages are waited out in place (issue 17), the same budget in every profile.
+                assert_eq!(config.worker.outage_budget_secs, 300, "{profile}");
             }
             match profile {
                 "external" => {
@@ -687,6 +689,7 @@ fn rendered_env_is_a_valid_msaas_config_for_each_role() {
                     );
                     assert_eq!(config.limits.max_input_bytes, 536_870_912);
                     assert_eq!(config.callbacks.max_attempts, 8);
+                    assert_eq!(config.jobs.sweep_after_secs, 7200);
                 }
                 "minimal" => assert_eq!(config.events.nats_url, None, "{profile}"),
                 _ => {

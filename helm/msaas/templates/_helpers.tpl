@@ -172,8 +172,12 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.config.worker.maxAttempts | quote }}
 - name: MSAAS_WORKER__VISIBILITY_TIMEOUT_SECS
   value: {{ .Values.config.worker.visibilityTimeoutSecs | quote }}
+- name: MSAAS_WORKER__OUTAGE_BUDGET_SECS
+  value: {{ .Values.config.worker.outageBudgetSecs | quote }}
 - name: MSAAS_JOBS__RETENTION_SECS
   value: {{ .Values.config.jobs.retentionSecs | quote }}
+- name: MSAAS_JOBS__SWEEP_AFTER_SECS
+  value: {{ .Values.config.jobs.sweepAfterSecs | quote }}
 - name: MSAAS_JOBS__DEDUP
   value: {{ .Values.config.jobs.dedup | quote }}
 {{- range $key, $value := .Values.config.extra }}
