@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pipeline::{ErrorCode, Job, JobId, JobOptions, JobState, Stage};
-use support::{Cluster, Msaas, require_default_model, write_song_at};
+use support::{Cluster, Msaas, require_default_model, submit_song, write_song_at};
 
 const TENANT: &str = "restarts";
 
@@ -23,20 +23,6 @@ struct Watch {
     /// Longest time the record sat unchanged while not terminal.
     longest_still: Duration,
     final_job: Option<Job>,
-}
-
-async fn submit(backends: &pipeline::Backends, dir: &std::path::Path, n: u32) -> JobId {
-    let path = dir.join(format!("song-{n}.wav"));
-    write_song_at(&path, 4.0, n, 48_000);
-    let options = JobOptions {
-        model: "spleeter-2stems".to_owned(),
-        ..JobOptions::default()
-    };
-    let job = Job::new(TENANT, format!("song-{n}.wav"), options);
-    pipeline::submit_file(backends, job, &path, None)
-        .await
-        .expect("submit")
-        .id
 }
 
 /// One look at every unfinished job (read errors while a server is down are expected).
@@ -101,7 +87,10 @@ async fn jobs_survive_redis_and_s3_restarts() {
     let started = Instant::now();
     let mut watches: BTreeMap<JobId, Watch> = BTreeMap::new();
     for n in 0..6 {
-        watches.insert(submit(&backends, audio.path(), n).await, Watch::default());
+        watches.insert(
+            submit_song(&backends, TENANT, audio.path(), n, 48_000).await,
+            Watch::default(),
+        );
     }
     // In flight: wait until a job is separating.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -10,25 +10,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pipeline::{Job, JobId, JobOptions, JobState, Stage};
-use support::{Cluster, Msaas, require_default_model, write_song_at};
+use pipeline::{Job, JobId, JobState, Stage};
+use support::{Cluster, Msaas, require_default_model, submit_song};
 
 const TENANT: &str = "outages";
 const OUTAGE: Duration = Duration::from_secs(60);
-
-async fn submit(backends: &pipeline::Backends, dir: &std::path::Path, n: u32) -> JobId {
-    let path = dir.join(format!("song-{n}.wav"));
-    write_song_at(&path, 4.0, n, 44_100);
-    let options = JobOptions {
-        model: "spleeter-2stems".to_owned(),
-        ..JobOptions::default()
-    };
-    let job = Job::new(TENANT, format!("song-{n}.wav"), options);
-    pipeline::submit_file(backends, job, &path, None)
-        .await
-        .expect("submit")
-        .id
-}
 
 /// The state of every job that could be read (reads fail while Redis is down).
 async fn states(backends: &pipeline::Backends, ids: &[JobId]) -> BTreeMap<JobId, Job> {
@@ -84,7 +70,7 @@ async fn a_minute_without_s3_and_a_minute_without_redis_fail_no_job() {
 
     let mut ids = Vec::new();
     for n in 0..4 {
-        ids.push(submit(&backends, audio.path(), n).await);
+        ids.push(submit_song(&backends, TENANT, audio.path(), n, 44_100).await);
     }
     wait_in_flight(&backends, &ids, &workers).await;
     cluster.weed.kill();
@@ -92,7 +78,7 @@ async fn a_minute_without_s3_and_a_minute_without_redis_fail_no_job() {
     cluster.weed.restart();
 
     for n in 4..8 {
-        ids.push(submit(&backends, audio.path(), n).await);
+        ids.push(submit_song(&backends, TENANT, audio.path(), n, 44_100).await);
     }
     wait_in_flight(&backends, &ids[4..], &workers).await;
     cluster.redis.kill();

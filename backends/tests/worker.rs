@@ -280,6 +280,17 @@ impl Harness {
         }
     }
 
+    /// One job through workers whose `stage` fails first with `errors`: the record it ends
+    /// with.
+    async fn run_failing(&self, stage: Stage, errors: impl IntoIterator<Item = StageError>) -> Job {
+        self.handler(stage).fail_with(errors);
+        let (shutdown, tasks) = self.start_workers();
+        let job = self.submit(b"abcd").await;
+        let ended = self.wait_finished(&job).await;
+        stop(shutdown, tasks).await;
+        ended
+    }
+
     fn handler(&self, stage: Stage) -> &Arc<FakeStage> {
         &self.handlers[stage as usize]
     }
@@ -543,16 +554,17 @@ async fn transient_failure_is_retried_then_succeeds() {
 #[tokio::test]
 async fn transient_failures_exhaust_attempts_then_dead_letter() {
     let h = Harness::new(3, Duration::from_secs(30)).await;
-    h.handler(Stage::Encode).fail_with([
-        transient("first"),
-        transient("second"),
-        transient("third: disk full"),
-        // Would succeed on a fourth attempt, which must not happen.
-    ]);
-    let (shutdown, tasks) = h.start_workers();
-    let job = h.submit(b"abcd").await;
-    let failed = h.wait_finished(&job).await;
-    stop(shutdown, tasks).await;
+    let failed = h
+        .run_failing(
+            Stage::Encode,
+            [
+                transient("first"),
+                transient("second"),
+                transient("third: disk full"),
+                // Would succeed on a fourth attempt, which must not happen.
+            ],
+        )
+        .await;
 
     assert_eq!(failed.state, JobState::Failed);
     let error = failed.error.unwrap();
@@ -568,7 +580,7 @@ async fn transient_failures_exhaust_attempts_then_dead_letter() {
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (dead[0].stage, &dead[0].message.job_id, dead[0].attempt),
-        (Stage::Encode, &job.id, 3)
+        (Stage::Encode, &failed.id, 3)
     );
     assert_eq!(dead[0].reason.code, ErrorCode::AttemptsExhausted);
     h.assert_queues_empty().await;
@@ -584,12 +596,12 @@ fn outage(message: &str) -> StageError {
 #[tokio::test]
 async fn an_outage_within_the_budget_costs_no_attempts() {
     let h = Harness::new(2, Duration::from_secs(30)).await;
-    h.handler(Stage::Separate)
-        .fail_with((0..4).map(|n| outage(&format!("storage down ({n})"))));
-    let (shutdown, tasks) = h.start_workers();
-    let job = h.submit(b"abcd").await;
-    let done = h.wait_finished(&job).await;
-    stop(shutdown, tasks).await;
+    let done = h
+        .run_failing(
+            Stage::Separate,
+            (0..4).map(|n| outage(&format!("storage down ({n})"))),
+        )
+        .await;
 
     assert_eq!(done.state, JobState::Done, "{:?}", done.error);
     assert_eq!(h.handler(Stage::Separate).runs(), 5);
@@ -604,12 +616,12 @@ async fn an_outage_within_the_budget_costs_no_attempts() {
 #[tokio::test]
 async fn an_outage_past_the_budget_fails_with_its_code() {
     let h = Harness::new(3, Duration::from_secs(30)).await;
-    h.handler(Stage::Encode)
-        .fail_with((0..1000).map(|_| outage("storage down for good")));
-    let (shutdown, tasks) = h.start_workers();
-    let job = h.submit(b"abcd").await;
-    let failed = h.wait_finished(&job).await;
-    stop(shutdown, tasks).await;
+    let failed = h
+        .run_failing(
+            Stage::Encode,
+            (0..1000).map(|_| outage("storage down for good")),
+        )
+        .await;
 
     assert_eq!(failed.state, JobState::Failed);
     let error = failed.error.unwrap();

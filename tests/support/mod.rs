@@ -727,6 +727,28 @@ pub fn write_song(path: &Path, seconds: f32, variant: u32) {
     write_song_at(path, seconds, variant, 44_100);
 }
 
+/// Writes song `n` (4 s at `rate`) under `dir` and submits it for `tenant` on the default
+/// model straight through `backends` (no API), returning its job id.
+pub async fn submit_song(
+    backends: &pipeline::Backends,
+    tenant: &str,
+    dir: &Path,
+    n: u32,
+    rate: u32,
+) -> pipeline::JobId {
+    let path = dir.join(format!("song-{n}.wav"));
+    write_song_at(&path, 4.0, n, rate);
+    let options = pipeline::JobOptions {
+        model: "spleeter-2stems".to_owned(),
+        ..pipeline::JobOptions::default()
+    };
+    let job = pipeline::Job::new(tenant, format!("song-{n}.wav"), options);
+    pipeline::submit_file(backends, job, &path, None)
+        .await
+        .expect("submit")
+        .id
+}
+
 /// [`write_song`] at another sample rate (48 kHz makes decode resample: a longer decode stage).
 pub fn write_song_at(path: &Path, seconds: f32, variant: u32, rate: u32) {
     let spec = hound::WavSpec {
