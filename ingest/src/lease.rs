@@ -13,7 +13,7 @@ use pipeline::traits::{BackendError, JobStore};
 use crate::error::ApiError;
 
 /// How long a lease outlives its last renewal: how long a crashed holder blocks its key.
-pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
+const LEASE_TTL: Duration = Duration::from_secs(10);
 /// Renewed this often, well inside the TTL (a slow Redis round trip must not lose it).
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// How long a request waits for another that holds its key before answering 409.

@@ -550,7 +550,7 @@ impl Worker {
             let delay = self
                 .settings
                 .backoff(*failures)
-                .min(self.settings.outage_budget - waited);
+                .min(self.settings.outage_budget.saturating_sub(waited));
             tokio::select! {
                 () = shutdown.cancelled() => return (result, false),
                 () = tokio::time::sleep(delay) => {}
