@@ -7,7 +7,7 @@ export MSAAS_TOOLS
 export PATH := $(MSAAS_TOOLS)/bin:$(PATH)
 OUT ?= stems
 
-.PHONY: demo setup test-deps services fmt-check clippy layering test check
+.PHONY: demo setup test-deps services fmt-check clippy layering test check bench bench-quick
 
 # Separate the demo clip into stems under $(OUT)/ on the embedded default (no servers).
 demo: setup
@@ -38,3 +38,11 @@ test: test-deps setup services
 
 # Everything a change must pass: formatting, lints, layering, the whole test suite.
 check: fmt-check clippy layering test
+
+# Side-by-side benchmarks against the tools users would pick instead (BENCHMARKS.md); on
+# demand, never in CI. bench-quick: shorter inputs, one round each.
+bench: test-deps
+	tools/bench/all
+
+bench-quick: test-deps
+	tools/bench/all --quick

