@@ -34,8 +34,9 @@ torch_json="$(cd "$here" && "$python" bench_reference.py run --seed "$seed" --in
 echo "running the Python pipeline around the ONNX graph (pipeline parity)" >&2
 core_json="$(cd "$here" && "$python" bench_reference.py run --seed "$seed" --input "$work/mix.f32" \
   --output "$work/pyort.f32" --threads "$threads" --onnx-core "$work/model/htdemucs.onnx" 2>/dev/null | grep '^{')"
-echo "$rust_json"
-echo "$torch_json"
-echo "$core_json"
+echo "${seconds} s stereo, full-size htdemucs (random weights, seed $seed), $threads threads each"
+echo
+printf '%s\n' "$rust_json" "$torch_json" "$core_json" | python3 "$root/tools/bench/table.py"
+echo
 echo "parity vs PyTorch end to end: $("$python" "$here/bench_reference.py" compare "$work/msaas.f32" "$work/pytorch.f32")"
 echo "parity vs the Python pipeline on the same ONNX graph: $("$python" "$here/bench_reference.py" compare "$work/msaas.f32" "$work/pyort.f32")"
