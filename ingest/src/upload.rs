@@ -109,9 +109,7 @@ pub(crate) async fn replay_or_admit(
     tenant: &str,
     aliases: &[String],
 ) -> Result<Start, ApiError> {
-    if let Some(accepted) = replay(state, aliases).await? {
-        return Ok(Start::Replay(Box::new(accepted)));
-    }
+    // The wait looks for an earlier job first, so that look is not repeated here.
     let lease =
         match lease::take_or_wait(&state.backends().jobs, aliases, || replay(state, aliases))
             .await?
