@@ -7,17 +7,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Cluster, Msaas, http_get_status, write_song_at};
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::{Cluster, Msaas, http_get_status, wait_for, write_song_at};
 
 /// `msaas ingest` started with Redis down does not exit either: its API address answers
 /// `/healthz` 200 and `/readyz` 503 while it waits, and once Redis is back the API serves there

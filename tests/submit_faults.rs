@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Cluster, Msaas, write_song};
+use support::{Cluster, Msaas, wait_for, write_song};
 
 const TENANT: &str = "faults";
 
@@ -102,14 +102,6 @@ fn lease_exists(cluster: &Cluster, idempotency_key: &str) -> bool {
         .unwrap()
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn start_ingest(cluster: &Cluster) -> (Msaas, String) {
     let mut ingest = cluster.spawn(&["ingest", "--no-janitor"]);
     let url = ingest.api_url();
@@ -167,7 +159,7 @@ async fn a_second_request_with_the_key_waits_for_the_first_and_sends_no_body() {
     let half = body.len() / 2;
 
     let mut first = RawUpload::start(&api, &key, "retry-me", body.clone(), half);
-    wait_until(
+    wait_for(
         "the first request leases its key",
         Duration::from_secs(10),
         || lease_exists(&cluster, "retry-me"),
@@ -194,7 +186,7 @@ async fn a_second_request_with_the_key_waits_for_the_first_and_sends_no_body() {
         !uploads.is_empty() && uploads.iter().all(|k| k.contains(&id)),
         "{uploads:?}"
     );
-    wait_until("the lease is given back", Duration::from_secs(5), || {
+    wait_for("the lease is given back", Duration::from_secs(5), || {
         !lease_exists(&cluster, "retry-me")
     });
 }
@@ -206,7 +198,7 @@ async fn a_key_held_by_a_killed_ingest_is_free_again_within_its_lease() {
     let (mut dying, dying_api) = start_ingest(&cluster);
     let body = song(1.0, 4);
     let upload_in_flight = RawUpload::start(&dying_api, &key, "crash-key", body.clone(), 1000);
-    wait_until("the upload leases its key", Duration::from_secs(10), || {
+    wait_for("the upload leases its key", Duration::from_secs(10), || {
         lease_exists(&cluster, "crash-key")
     });
     dying.kill9();

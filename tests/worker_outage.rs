@@ -6,35 +6,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pipeline::{Job, JobOptions, JobState};
-use support::{Cluster, Msaas, require_default_model, write_song_at};
-
-/// The status of `GET url` (`http://ip:port/path`), or `None` when nothing answers.
-fn status(url: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let mut stream = std::net::TcpStream::connect(authority).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        stream,
-        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::{Cluster, Msaas, http_get_status, require_default_model, wait_for, write_song_at};
 
 /// Starts `msaas worker decode` with a metrics listener while `stop` has one dependency down,
 /// checks it stays up and unready, brings the dependency back with `start`, and has it decode
@@ -51,19 +26,19 @@ fn worker_waits_out(
     let address = worker.wait_for_line("metrics http://", Duration::from_secs(30));
     let base = format!("http://{address}");
     assert_eq!(
-        status(&format!("{base}/healthz")),
+        http_get_status(&format!("{base}/healthz")),
         Some(200),
         "live while waiting"
     );
     // Several connection attempts pass; it neither exits nor claims to be ready.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        status(&format!("{base}/readyz")),
+        http_get_status(&format!("{base}/readyz")),
         Some(503),
         "not ready while a dependency is down"
     );
     assert_eq!(
-        status(&format!("{base}/healthz")),
+        http_get_status(&format!("{base}/healthz")),
         Some(200),
         "still up: {}",
         worker.log_text()
@@ -73,7 +48,7 @@ fn worker_waits_out(
     wait_for(
         "ready after the dependency is back",
         Duration::from_secs(60),
-        || status(&format!("{base}/readyz")) == Some(200),
+        || http_get_status(&format!("{base}/readyz")) == Some(200),
     );
     let log = worker.log_text();
     assert_eq!(

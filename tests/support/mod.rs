@@ -813,6 +813,15 @@ fn base64_matches_the_rfc_examples() {
     }
 }
 
+/// Polls `done` (every 50 ms) until it holds; fails the test naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Status of a plain `GET http://host:port/path` (None when nothing answers).
 pub fn http_get_status(url: &str) -> Option<u16> {
     use std::io::{Read, Write};
