@@ -27,9 +27,9 @@ pub struct ServeArgs {
     /// Address of the HTTP API (overrides `server.listen`; port 0 picks a free one).
     #[arg(long, value_name = "IP:PORT")]
     listen: Option<String>,
-    /// Workers per stage in this process.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    workers: usize,
+    /// Workers per stage in this process (default 1; separate: `models.in_flight`).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -47,9 +47,10 @@ pub struct WorkerArgs {
     /// The stage this process runs: decode, separate or encode.
     #[arg(value_name = "STAGE")]
     stage: Stage,
-    /// Messages of the stage worked on at once.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    concurrency: usize,
+    /// Messages of the stage worked on at once (default 1; separate: `models.in_flight`, 1 on
+    /// a CPU and 2 on CUDA, so that fetch and upload overlap the model run).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
     /// Also run the janitor (retention + stale-job sweep) in this process.
     #[arg(long)]
     janitor: bool,
@@ -115,6 +116,15 @@ fn handler(config: &Config, stage: Stage) -> Arc<dyn StageHandler> {
     }
 }
 
+/// Deliveries one process works on at once for `stage`: the flag, else 1, except for separate,
+/// whose jobs in flight share one model (and one batch executor) per device.
+fn in_flight(config: &Config, stage: Stage, flag: Option<usize>) -> usize {
+    flag.unwrap_or(match stage {
+        Stage::Separate => config.models.jobs_in_flight(),
+        Stage::Decode | Stage::Encode => 1,
+    })
+}
+
 fn spawn_workers(
     tasks: &mut JoinSet<()>,
     backends: &Backends,
@@ -161,7 +171,7 @@ pub async fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Resul
             &backends,
             &config,
             stage,
-            args.workers,
+            in_flight(&config, stage, args.workers),
             &shutdown,
         );
     }
@@ -221,7 +231,7 @@ pub async fn worker(config_path: Option<&Path>, args: WorkerArgs) -> anyhow::Res
         &backends,
         &config,
         args.stage,
-        args.concurrency,
+        in_flight(&config, args.stage, args.concurrency),
         &shutdown,
     );
     if args.janitor {

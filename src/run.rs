@@ -84,7 +84,7 @@ struct Input {
 pub async fn run(config_path: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(config_path)?;
     if let Some(device) = &args.device {
-        config.models.device = device.parse()?;
+        config.set_device(device.parse()?);
     }
     if let Some(threads) = args.threads {
         config.models.threads = Some(threads);
@@ -263,6 +263,7 @@ pub(crate) fn runtime_options(config: &Config) -> separate::RuntimeOptions {
         },
         intra_threads: config.models.threads,
         library: Some(config.ort_library()),
+        batch_size: config.models.batch_size,
     }
 }
 

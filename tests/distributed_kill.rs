@@ -2,7 +2,9 @@
 //! points, against private Redis (AOF), SeaweedFS and NATS. Every job must still reach `done`,
 //! with each result object present exactly once, and no job lost.
 //!
-//! `MSAAS_KILL_POINTS` (default 21) sets how many confirmed mid-stage kills to make.
+//! The separate worker holds two jobs in flight (`--concurrency 2`), and its rounds submit two
+//! songs, so its kills interrupt both. `MSAAS_KILL_POINTS` (default 21) sets how many confirmed
+//! mid-stage kills to make.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
 
@@ -28,11 +30,22 @@ struct KillPoint {
     /// The record still showed the stage running (unfinished) after the process died: the kill
     /// interrupted it.
     mid_stage: bool,
+    /// Jobs whose records showed the stage running just before the kill.
+    running: usize,
 }
 
-/// A worker process, once its `/readyz` answers 200 (its queue is reachable).
+/// Jobs a separate worker holds at once here: a kill interrupts two in flight.
+const SEPARATE_IN_FLIGHT: usize = 2;
+
+/// A worker process, once its `/readyz` answers 200 (its queue is reachable). The separate
+/// worker holds [`SEPARATE_IN_FLIGHT`] jobs at once.
 fn spawn_worker(cluster: &Cluster, stage: Stage) -> Msaas {
-    let mut worker = cluster.spawn(&["worker", stage.as_str()]);
+    let in_flight = SEPARATE_IN_FLIGHT.to_string();
+    let mut args = vec!["worker", stage.as_str()];
+    if stage == Stage::Separate {
+        args.extend(["--concurrency", in_flight.as_str()]);
+    }
+    let mut worker = cluster.spawn(&args);
     let metrics = worker.wait_for_line("metrics ", Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(30);
     while support::http_get_status(&format!("{metrics}/readyz")) != Some(200) {
@@ -46,8 +59,9 @@ fn spawn_worker(cluster: &Cluster, stage: Stage) -> Msaas {
     worker
 }
 
-/// A job of ours whose record shows `stage` running and unfinished.
-async fn running_in(backends: &pipeline::Backends, ids: &[JobId], stage: Stage) -> Option<Job> {
+/// Jobs of ours whose records show `stage` running and unfinished.
+async fn all_running_in(backends: &pipeline::Backends, ids: &[JobId], stage: Stage) -> Vec<Job> {
+    let mut running = Vec::new();
     for id in ids {
         if let Ok(Some(job)) = backends.jobs.get(id).await
             && job.state == stage.running_state()
@@ -56,10 +70,18 @@ async fn running_in(backends: &pipeline::Backends, ids: &[JobId], stage: Stage) 
                 .get(&stage)
                 .is_none_or(|t| t.finished_ms.is_none())
         {
-            return Some(job);
+            running.push(job);
         }
     }
-    None
+    running
+}
+
+/// A job of ours whose record shows `stage` running and unfinished.
+async fn running_in(backends: &pipeline::Backends, ids: &[JobId], stage: Stage) -> Option<Job> {
+    all_running_in(backends, ids, stage)
+        .await
+        .into_iter()
+        .next()
 }
 
 /// Random delay after a stage was seen starting, within its typical length on this machine.
@@ -101,17 +123,27 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
         // Stages in turn, each with the fewest confirmed kills first.
         let stage = Stage::ALL[round % 3];
         round += 1;
-        let path = audio.path().join(format!("song-{round}.wav"));
-        write_song_at(&path, CLIP_SECONDS, round as u32, CLIP_RATE);
-        let options = JobOptions {
-            model: "spleeter-2stems".to_owned(),
-            ..JobOptions::default()
+        // Separate rounds submit as many songs as the worker holds, so the kill lands on
+        // jobs in flight together.
+        let songs = if stage == Stage::Separate {
+            SEPARATE_IN_FLIGHT
+        } else {
+            1
         };
-        let job = Job::new(TENANT, format!("song-{round}.wav"), options);
-        let job = pipeline::submit_file(&backends, job, &path, None)
-            .await
-            .expect("submit");
-        ids.push(job.id.clone());
+        for song in 0..songs {
+            let name = format!("song-{round}-{song}.wav");
+            let path = audio.path().join(&name);
+            write_song_at(&path, CLIP_SECONDS, (round * 10 + song) as u32, CLIP_RATE);
+            let options = JobOptions {
+                model: "spleeter-2stems".to_owned(),
+                ..JobOptions::default()
+            };
+            let job = Job::new(TENANT, name, options);
+            let job = pipeline::submit_file(&backends, job, &path, None)
+                .await
+                .expect("submit");
+            ids.push(job.id.clone());
+        }
 
         // Wait for the stage to start on one of our jobs.
         let seen = Instant::now();
@@ -132,6 +164,7 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
         };
         let delay_ms = kill_delay(stage);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let running = all_running_in(&backends, &ids, stage).await.len();
         let worker = workers.get_mut(&stage).expect("a worker per stage");
         worker.kill9();
         let after = backends
@@ -151,6 +184,7 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
             delay_ms,
             job: target.id.clone(),
             mid_stage,
+            running,
         });
         workers.insert(stage, spawn_worker(&cluster, stage));
     }
@@ -247,4 +281,10 @@ async fn sigkilled_workers_lose_no_job_and_write_each_result_once() {
             "no kill landed inside {stage}: {kills:#?}"
         );
     }
+    assert!(
+        kills
+            .iter()
+            .any(|k| k.stage == Stage::Separate && k.running >= SEPARATE_IN_FLIGHT),
+        "no separate kill found {SEPARATE_IN_FLIGHT} jobs in flight: {kills:#?}"
+    );
 }

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     DeviceUnavailable,
     // Faults of the moment: retried with backoff, then dead-lettered.
     ModelRuntime,
+    /// The accelerator had no memory left even for one chunk (batches had already shrunk).
+    DeviceOutOfMemory,
     StorageUnavailable,
     QueueUnavailable,
     EventsUnavailable,
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::ModelLoadFailed => "model_load_failed",
             Self::DeviceUnavailable => "device_unavailable",
             Self::ModelRuntime => "model_runtime",
+            Self::DeviceOutOfMemory => "device_out_of_memory",
             Self::StorageUnavailable => "storage_unavailable",
             Self::QueueUnavailable => "queue_unavailable",
             Self::EventsUnavailable => "events_unavailable",
@@ -98,6 +101,7 @@ impl ErrorCode {
         matches!(
             self,
             Self::ModelRuntime
+                | Self::DeviceOutOfMemory
                 | Self::StorageUnavailable
                 | Self::QueueUnavailable
                 | Self::EventsUnavailable

@@ -11,7 +11,8 @@
 //!    dotted keys (`limits.max_duration_secs`), or by assigning fields.
 //!
 //! Paths left empty are derived from `home` when loading (`models.dir` = `{home}/models`,
-//! `models.ort_library` = `{home}/lib/libonnxruntime.so.1.31.1`, `storage.dir` =
+//! `models.ort_library` = `{home}/lib/libonnxruntime.so.1.31.1`, or `{home}/lib/cuda/…` for
+//! `device = "cuda"`, `storage.dir` =
 //! `{home}/data`), so after [`Config::load`] every path field is usable as is.
 //!
 //! Then [`Config::validate`] reports every problem at once, each naming its key and value.
@@ -114,11 +115,18 @@ pub struct ModelsConfig {
     pub dir: PathBuf,
     /// Model used when a job names none: a registry name or a manifest path.
     pub default_model: String,
-    /// `libonnxruntime.so`; empty: `{home}/lib/libonnxruntime.so.1.31.1`.
+    /// `libonnxruntime.so`; empty: `{home}/lib/libonnxruntime.so.1.31.1`, or the GPU build
+    /// `{home}/lib/cuda/libonnxruntime.so.1.31.1` when `device = "cuda"` (`tools/setup --cuda`).
     pub ort_library: PathBuf,
     pub device: Device,
     /// Intra-op threads per model run; unset: every core.
     pub threads: Option<usize>,
+    /// Chunks per model run, packed from every job in flight; unset: 1 on a CPU, 4 on CUDA
+    /// (halved for good whenever the device runs out of memory).
+    pub batch_size: Option<usize>,
+    /// Jobs one separate worker process holds at once, so that fetching the next mix and
+    /// uploading the last stems overlap the model run; unset: 1 on a CPU, 2 on CUDA.
+    pub in_flight: Option<usize>,
     /// Python with numpy + onnx that `models pull|import` converts with; empty:
     /// `{home}/venv/bin/python` (made by `tools/setup`).
     pub converter_python: PathBuf,
@@ -133,6 +141,17 @@ pub struct ModelsConfig {
     pub download_dir: PathBuf,
 }
 
+impl ModelsConfig {
+    /// Jobs one separate worker holds at once: `in_flight`, else 1 on a CPU and 2 on CUDA
+    /// (while one job's chunks run, the next mix downloads and the last stems upload).
+    pub fn jobs_in_flight(&self) -> usize {
+        self.in_flight.unwrap_or(match self.device {
+            Device::Cpu => 1,
+            Device::Cuda => 2,
+        })
+    }
+}
+
 impl Default for ModelsConfig {
     fn default() -> Self {
         Self {
@@ -141,6 +160,8 @@ impl Default for ModelsConfig {
             ort_library: PathBuf::new(),
             device: Device::Cpu,
             threads: None,
+            batch_size: None,
+            in_flight: None,
             converter_python: PathBuf::new(),
             pull_from: None,
             legacy_from: None,
@@ -521,7 +542,7 @@ impl Config {
             self.models.dir = self.home.join("models");
         }
         if self.models.ort_library.as_os_str().is_empty() {
-            self.models.ort_library = self.home.join("lib").join(ORT_LIBRARY_FILE);
+            self.models.ort_library = self.default_ort_library();
         }
         if self.models.converter_python.as_os_str().is_empty() {
             self.models.converter_python = self.home.join(CONVERTER_PYTHON);
@@ -665,6 +686,18 @@ impl Config {
                 &0,
                 "must be at least 1 (leave it unset to use every core)",
             );
+        }
+        for (key, value) in [
+            ("models.batch_size", self.models.batch_size),
+            ("models.in_flight", self.models.in_flight),
+        ] {
+            if value == Some(0) {
+                problem(
+                    key,
+                    &0,
+                    "must be at least 1 (leave it unset for the device's default)",
+                );
+            }
         }
         let limits = &self.limits;
         if limits.max_input_bytes == 0 {
@@ -895,9 +928,27 @@ impl Config {
     }
 
     pub fn ort_library(&self) -> PathBuf {
-        or_under_home(&self.models.ort_library, || {
-            self.home_dir().join("lib").join(ORT_LIBRARY_FILE)
-        })
+        or_under_home(&self.models.ort_library, || self.default_ort_library())
+    }
+
+    /// Sets the device after loading (a command-line flag); a library path that was derived
+    /// for the old device is derived again for the new one.
+    pub fn set_device(&mut self, device: Device) {
+        let derived = self.models.ort_library == self.default_ort_library();
+        self.models.device = device;
+        if derived {
+            self.models.ort_library = self.default_ort_library();
+        }
+    }
+
+    /// `{home}/lib/` holds the CPU build of ONNX Runtime, `{home}/lib/cuda/` the GPU build with
+    /// the NVIDIA libraries it needs (`tools/setup --cuda`).
+    fn default_ort_library(&self) -> PathBuf {
+        let lib = self.home_dir().join("lib");
+        match self.models.device {
+            Device::Cpu => lib.join(ORT_LIBRARY_FILE),
+            Device::Cuda => lib.join("cuda").join(ORT_LIBRARY_FILE),
+        }
     }
 
     /// Root of the local blob store.
@@ -971,6 +1022,7 @@ mod tests {
             (StorageKind::Local, QueueKind::Memory)
         );
         assert_eq!(config.models.device, Device::Cpu);
+        assert_eq!(config.models.jobs_in_flight(), 1);
         assert_eq!(config.models.threads, None);
     }
 
@@ -1030,6 +1082,11 @@ backoff_base_ms = 200
         assert_eq!(config.home, PathBuf::from("/srv/msaas"));
         assert_eq!(config.models.device, Device::Cuda);
         assert_eq!(
+            config.models.jobs_in_flight(),
+            2,
+            "CUDA overlaps transfers by default"
+        );
+        assert_eq!(
             config.events.nats_url.as_deref(),
             Some("nats://127.0.0.1:4222")
         );
@@ -1049,10 +1106,17 @@ backoff_base_ms = 200
         // Paths derived from home at load, unless set.
         assert_eq!(config.models.dir, PathBuf::from("/srv/msaas/models"));
         assert_eq!(config.models_dir(), PathBuf::from("/srv/msaas/models"));
+        // On CUDA, the GPU build that `tools/setup --cuda` installs in its own folder.
         assert_eq!(
             config.models.ort_library,
-            PathBuf::from("/srv/msaas/lib/libonnxruntime.so.1.31.1")
+            PathBuf::from("/srv/msaas/lib/cuda/libonnxruntime.so.1.31.1")
         );
+        assert_eq!(
+            config.ort_library(),
+            PathBuf::from("/srv/msaas/lib/cuda/libonnxruntime.so.1.31.1")
+        );
+        // A device flag re-derives a derived library path.
+        config.set_device(Device::Cpu);
         assert_eq!(
             config.ort_library(),
             PathBuf::from("/srv/msaas/lib/libonnxruntime.so.1.31.1")
@@ -1169,6 +1233,8 @@ backoff_base_ms = 200
             .apply_overrides([
                 ("models.default_model", " "),
                 ("models.threads", "0"),
+                ("models.batch_size", "0"),
+                ("models.in_flight", "0"),
                 ("limits.max_duration_secs", "0"),
                 ("limits.max_channels", "0"),
                 ("limits.max_skipped_fraction", "1.5"),
@@ -1188,6 +1254,8 @@ backoff_base_ms = 200
         let expected = [
             "models.default_model = \" \": must name a model",
             "models.threads = 0: must be at least 1 (leave it unset to use every core)",
+            "models.batch_size = 0: must be at least 1 (leave it unset for the device's default)",
+            "models.in_flight = 0: must be at least 1 (leave it unset for the device's default)",
             "limits.max_duration_secs = 0.0: must be a positive number of seconds",
             "limits.max_channels = 0: must be at least 1",
             "limits.max_skipped_fraction = 1.5: must be between 0 and 1",

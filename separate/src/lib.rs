@@ -7,6 +7,7 @@
 //! `SeparateStage` (feature `stage`, on by default) plugs the core into the pipeline's worker
 //! loop; the core itself knows nothing of the service.
 
+pub mod batch;
 pub mod catalogue;
 pub mod demucs;
 mod error;

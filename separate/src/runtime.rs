@@ -21,7 +21,7 @@ pub const ORT_VERSION: &str = "1.31.1";
 pub enum Device {
     #[default]
     Cpu,
-    /// A CUDA GPU (needs the `cuda` cargo feature and a CUDA build of ONNX Runtime).
+    /// A CUDA GPU (needs ONNX Runtime's GPU build: `tools/setup --cuda`).
     Cuda { device_id: i32 },
 }
 
@@ -55,9 +55,22 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// The ONNX Runtime shared library; `None`: `ORT_DYLIB_PATH`, else the data dir's copy.
     pub library: Option<PathBuf>,
+    /// Rows (chunks) per graph run, shared by every job on the model; `None`: the device's
+    /// default (1 on a CPU, where batching gains nothing and costs memory; 4 on a GPU).
+    pub batch_size: Option<usize>,
 }
 
-#[derive(Debug, thiserror::Error)]
+impl RuntimeOptions {
+    /// Rows per graph run: `batch_size`, else the device's default.
+    pub fn batch_capacity(&self) -> usize {
+        self.batch_size.unwrap_or(match self.device {
+            Device::Cpu => 1,
+            Device::Cuda { .. } => 4,
+        })
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
     #[error(
@@ -75,6 +88,8 @@ pub enum RuntimeError {
     InvalidOption(String),
     #[error("model inference failed: {0}")]
     Inference(String),
+    #[error("the device ran out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 impl RuntimeError {
@@ -86,6 +101,24 @@ impl RuntimeError {
             Self::DeviceUnavailable(_) => ErrorCode::DeviceUnavailable,
             Self::InvalidOption(_) => ErrorCode::InvalidOption,
             Self::Inference(_) => ErrorCode::ModelRuntime,
+            Self::OutOfMemory(_) => ErrorCode::DeviceOutOfMemory,
+        }
+    }
+
+    /// A failed run, told apart by its message: ONNX Runtime reports an exhausted arena
+    /// ("Failed to allocate memory"), CUDA "out of memory", cuBLAS / cuDNN their alloc status.
+    fn from_run(message: String) -> Self {
+        const OUT_OF_MEMORY: [&str; 4] = [
+            "failed to allocate memory",
+            "out of memory",
+            "cublas_status_alloc_failed",
+            "cudnn_status_alloc_failed",
+        ];
+        let lower = message.to_ascii_lowercase();
+        if OUT_OF_MEMORY.iter().any(|m| lower.contains(m)) {
+            Self::OutOfMemory(message)
+        } else {
+            Self::Inference(message)
         }
     }
 }
@@ -110,7 +143,8 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// The library sessions load: `options.library`, else `ORT_DYLIB_PATH`, else
-/// `<data dir>/lib/libonnxruntime.so.1.31.1`.
+/// `<data dir>/lib/libonnxruntime.so.1.31.1` (CPU) or `<data dir>/lib/cuda/…` (the GPU build
+/// that `tools/setup --cuda` installs beside the NVIDIA libraries it needs).
 pub fn library_path(options: &RuntimeOptions) -> PathBuf {
     if let Some(path) = &options.library {
         return path.clone();
@@ -118,9 +152,84 @@ pub fn library_path(options: &RuntimeOptions) -> PathBuf {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
         return PathBuf::from(path);
     }
-    data_dir()
-        .join("lib")
-        .join(format!("libonnxruntime.so.{ORT_VERSION}"))
+    let lib = data_dir().join("lib");
+    let dir = match options.device {
+        Device::Cpu => lib,
+        Device::Cuda { .. } => lib.join("cuda"),
+    };
+    dir.join(format!("libonnxruntime.so.{ORT_VERSION}"))
+}
+
+/// Loads, process-wide, the NVIDIA libraries (CUDA runtime, cuBLAS, cuFFT, cuRAND, cuDNN…)
+/// that sit beside ONNX Runtime's GPU build, so that its CUDA provider finds them without a
+/// system CUDA or `LD_LIBRARY_PATH` (which the loader reads only at process start). Each is
+/// opened by full path with `RTLD_GLOBAL`; a later lookup of the same soname (the provider's
+/// `NEEDED` entries, cuDNN's own `dlopen` of its parts) finds the loaded copy. Libraries are
+/// tried until none more loads, so their order does not matter. Returns how many loaded; 0
+/// when the folder has none (a system CUDA may still serve).
+fn preload_cuda_libraries(dir: &Path) -> Result<usize, RuntimeError> {
+    let mut pending: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("lib") && n.contains(".so") && !n.starts_with("libonnxruntime")
+            })
+        })
+        .collect();
+    pending.sort();
+    let mut loaded = 0;
+    let mut last_errors = Vec::new();
+    while !pending.is_empty() {
+        last_errors.clear();
+        let before = pending.len();
+        pending.retain(|path| {
+            // SAFETY: these are the NVIDIA runtime libraries `tools/setup --cuda` installed
+            // (from NVIDIA's wheels); their initialisers only register themselves. The handle
+            // is leaked on purpose: the provider uses them for the life of the process.
+            let opened = unsafe {
+                libloading::os::unix::Library::open(
+                    Some(path),
+                    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                )
+            };
+            match opened {
+                Ok(library) => {
+                    std::mem::forget(library);
+                    false
+                }
+                Err(err) => {
+                    // libloading says only "dlopen failed"; the loader's own words are its source.
+                    let reason = std::error::Error::source(&err)
+                        .map_or_else(|| err.to_string(), ToString::to_string);
+                    last_errors.push(reason);
+                    true
+                }
+            }
+        });
+        loaded += before - pending.len();
+        if pending.len() == before {
+            break;
+        }
+    }
+    if let Some(first) = last_errors.first() {
+        let driver = last_errors.iter().any(|e| e.contains("libcuda.so"));
+        return Err(RuntimeError::DeviceUnavailable(if driver {
+            format!(
+                "no NVIDIA driver on this machine (libcuda.so.1 is missing), so the CUDA libraries in {} cannot load: {first}",
+                dir.display()
+            )
+        } else {
+            format!(
+                "cannot load the CUDA libraries in {} ({} of them): {first}",
+                dir.display(),
+                last_errors.len()
+            )
+        }));
+    }
+    Ok(loaded)
 }
 
 /// The process-wide environment. ONNX Runtime can be loaded once per process, so the first
@@ -143,6 +252,12 @@ fn environment(options: &RuntimeOptions) -> Result<ort::environment::Environment
         return Ok(env.clone());
     }
     check_library(&path)?;
+    if matches!(options.device, Device::Cuda { .. })
+        && let Some(dir) = path.parent()
+    {
+        let loaded = preload_cuda_libraries(dir)?;
+        tracing::info!(dir = %dir.display(), loaded, "loaded the CUDA libraries beside ONNX Runtime");
+    }
     let builder = ort::init_from(&path).map_err(|e| RuntimeError::LibraryLoad {
         path: path.clone(),
         message: e.to_string(),
@@ -283,7 +398,7 @@ impl OnnxModel {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session
             .run(named)
-            .map_err(|e| RuntimeError::Inference(e.to_string()))?;
+            .map_err(|e| RuntimeError::from_run(e.to_string()))?;
         let mut result = Vec::with_capacity(self.output_names.len());
         for name in &self.output_names {
             let (shape, data) = outputs[name.as_str()]
@@ -305,7 +420,6 @@ impl OnnxModel {
     }
 }
 
-#[cfg(feature = "cuda")]
 fn with_device(
     builder: ort::session::builder::SessionBuilder,
     device: Device,
@@ -317,7 +431,7 @@ fn with_device(
             let available = ort::ep::CUDA::is_available().unwrap_or(false);
             if !available {
                 return Err(RuntimeError::DeviceUnavailable(
-                    "this ONNX Runtime library has no CUDA execution provider (install onnxruntime-gpu: tools/setup --cuda)".into(),
+                    "this ONNX Runtime library has no CUDA execution provider (tools/setup --cuda installs the GPU build under $MSAAS_HOME/lib/cuda)".into(),
                 ));
             }
             builder
@@ -329,20 +443,6 @@ fn with_device(
                     RuntimeError::DeviceUnavailable(format!("CUDA device {device_id}: {e}"))
                 })
         }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn with_device(
-    builder: ort::session::builder::SessionBuilder,
-    device: Device,
-) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
-    match device {
-        Device::Cpu => Ok(builder),
-        Device::Cuda { .. } => Err(RuntimeError::DeviceUnavailable(
-            "CUDA was asked for but this build has no CUDA support (build with `--features separate/cuda`)"
-                .into(),
-        )),
     }
 }
 
@@ -378,6 +478,67 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("tools/setup"), "{message}");
+    }
+
+    #[test]
+    fn cuda_libraries_beside_the_runtime_are_loaded_and_a_bad_one_is_named() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            preload_cuda_libraries(empty.path()).expect("nothing to load"),
+            0
+        );
+
+        // A real shared library (zlib, which cuDNN itself needs) loads by full path.
+        let good = tempfile::tempdir().expect("tempdir");
+        let zlib = [
+            "/lib/x86_64-linux-gnu/libz.so.1",
+            "/usr/lib/x86_64-linux-gnu/libz.so.1",
+            "/lib64/libz.so.1",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("zlib on this machine");
+        std::fs::copy(zlib, good.path().join("libz.so.1")).expect("copy zlib");
+        std::fs::write(
+            good.path().join("libonnxruntime.so.1.31.1"),
+            b"not loaded here",
+        )
+        .expect("write");
+        assert_eq!(preload_cuda_libraries(good.path()).expect("zlib loads"), 1);
+
+        let bad = tempfile::tempdir().expect("tempdir");
+        std::fs::write(bad.path().join("libcudart.so.13"), b"not an ELF file").expect("write");
+        let err = preload_cuda_libraries(bad.path()).expect_err("garbage does not load");
+        assert_eq!(err.code(), ErrorCode::DeviceUnavailable);
+        assert!(err.to_string().contains("libcudart.so.13"), "{err}");
+    }
+
+    #[test]
+    fn the_cuda_build_is_looked_for_in_its_own_folder() {
+        let options = RuntimeOptions {
+            device: Device::Cuda { device_id: 0 },
+            ..RuntimeOptions::default()
+        };
+        if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+            let path = library_path(&options);
+            assert!(
+                path.ends_with("lib/cuda/libonnxruntime.so.1.31.1"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_told_apart_from_other_failures() {
+        let oom = RuntimeError::from_run(
+            "Non-zero status code returned while running Conv node. Failed to allocate memory for requested buffer of size 1073741824".into(),
+        );
+        assert_eq!(oom.code(), ErrorCode::DeviceOutOfMemory);
+        assert!(oom.code().is_transient());
+        let other = RuntimeError::from_run("Invalid rank for input: mix".into());
+        assert_eq!(other.code(), ErrorCode::ModelRuntime);
     }
 
     #[test]

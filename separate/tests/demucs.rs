@@ -322,3 +322,98 @@ fn the_separator_facade_runs_demucs_with_two_stems() {
         }
     }
 }
+
+/// Jobs running at once on one model share its graph runs (round-robin by chunk) and each
+/// still gets exactly what it gets alone: same bytes, for jobs of different lengths.
+#[test]
+fn jobs_in_flight_share_batches_and_get_what_they_get_alone() {
+    let manifest =
+        Manifest::load(&fixtures().join("tiny/manifest.toml")).expect("fixture manifest");
+    let runtime = RuntimeOptions {
+        batch_size: Some(4),
+        ..runtime()
+    };
+    let model = DemucsModel::load(&manifest, &runtime).expect("load the tiny demucs fixture");
+    let mix = input();
+    let cut = |frames: usize| -> Vec<Vec<f32>> {
+        mix.iter()
+            .map(|c| c.iter().cycle().take(frames).copied().collect())
+            .collect()
+    };
+    // Chunks of 13230 every 9922 samples: 11, 2, 3 and 2 chunks (the long one in three
+    // windows of 4).
+    let inputs = [cut(105_033), cut(12_000), cut(20_000), cut(11_000)];
+    let options = DemucsOptions::default();
+    let alone: Vec<_> = inputs
+        .iter()
+        .map(|mix| {
+            model
+                .separate(mix, &options, &mut NoListener)
+                .expect("alone")
+        })
+        .collect();
+
+    let graph = model.graphs().next().expect("one graph");
+    let before = graph.totals();
+    let long_done = std::sync::atomic::AtomicBool::new(false);
+    let together: Vec<_> = std::thread::scope(|scope| {
+        let hold = graph.hold();
+        let handles: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, mix)| {
+                let (model, options, long_done) = (&model, &options, &long_done);
+                scope.spawn(move || {
+                    let stems = model.separate(mix, options, &mut NoListener);
+                    if i == 0 {
+                        long_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                        (stems, None)
+                    } else {
+                        (
+                            stems,
+                            Some(long_done.load(std::sync::atomic::Ordering::SeqCst)),
+                        )
+                    }
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while graph.waiting_windows() < inputs.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the jobs never queued their chunks"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        drop(hold);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("job thread"))
+            .collect()
+    });
+    for (i, ((stems, long_was_done), want)) in together.into_iter().zip(&alone).enumerate() {
+        let stems = stems.expect("together");
+        assert!(
+            stems == *want,
+            "job {i}: batched with others, the output changed"
+        );
+        if let Some(long_was_done) = long_was_done {
+            assert!(
+                !long_was_done,
+                "job {i} waited for the long job's whole song"
+            );
+        }
+    }
+    let after = graph.totals();
+    assert!(
+        after.shared_runs > before.shared_runs,
+        "no run held chunks of two jobs: {before:?} → {after:?}"
+    );
+    assert_eq!(after.rows - before.rows, 18, "every chunk runs once");
+    // Alone the jobs need 3 + 1 + 1 + 1 runs of up to 4 chunks; packed, the short jobs' partial
+    // windows fill each other's runs.
+    assert!(
+        after.runs - before.runs < 6,
+        "together the jobs took as many runs as alone: {before:?} → {after:?}"
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use audio::ErrorCode;
 
+use crate::batch::BatchedGraph;
 use crate::manifest::Manifest;
 use crate::runtime::{OnnxModel, RuntimeOptions};
 use crate::{Listener, SeparateError};
@@ -40,8 +41,9 @@ pub struct DemucsOptions {
     pub seed: u64,
     /// `transition_power` of the chunk weights, ≥ 1.
     pub transition_power: f64,
-    /// Chunks per graph run (the batch axis is dynamic); `None`: the model's default for its
-    /// device — 1 on a CPU (batching gains nothing there and costs memory), 4 on a GPU.
+    /// Chunks this job hands the model at a time (its window); `None`: as many as one graph
+    /// run holds ([`RuntimeOptions::batch_size`]). The runs themselves pack the windows of
+    /// every job on the model ([`crate::batch`]).
     pub batch_size: Option<usize>,
 }
 
@@ -92,7 +94,7 @@ pub type Stems = Vec<Vec<Vec<f32>>>;
 /// One graph of the bag and its per-source weights.
 #[derive(Debug)]
 struct BagMember {
-    graph: OnnxModel,
+    graph: BatchedGraph,
     weights: Vec<f32>,
 }
 
@@ -109,8 +111,6 @@ pub struct DemucsModel {
     members: Vec<BagMember>,
     /// `totals[k]` of `apply_model`'s bag branch: the sum of source k's weights.
     totals: Vec<f32>,
-    /// Chunks per graph run when the options do not say.
-    default_batch_size: usize,
 }
 
 fn model_error(name: &str, message: impl Into<String>) -> SeparateError {
@@ -188,6 +188,7 @@ impl DemucsModel {
                     graph.path().display()
                 )));
             }
+            let graph = BatchedGraph::new(name.clone(), graph, options.batch_capacity());
             members.push(BagMember { graph, weights });
         }
         Ok(Self {
@@ -199,11 +200,12 @@ impl DemucsModel {
             spec,
             members,
             totals,
-            default_batch_size: match options.device {
-                crate::runtime::Device::Cpu => 1,
-                crate::runtime::Device::Cuda { .. } => 4,
-            },
         })
+    }
+
+    /// The graphs of the bag, each with the batch executor every job on this model shares.
+    pub fn graphs(&self) -> impl Iterator<Item = &BatchedGraph> {
+        self.members.iter().map(|m| &m.graph)
     }
 
     /// Chunk length for `options`: `int(segment * samplerate)`, at most the graph's.
@@ -301,7 +303,10 @@ impl DemucsModel {
         let frames = self.check(channels, options)?;
         let segment_length = self.segment_length(options)?;
         let plan = ChunkPlan::new(segment_length, options.overlap, options.transition_power);
-        let batch_size = options.batch_size.unwrap_or(self.default_batch_size);
+        let batch_size = options
+            .batch_size
+            .or_else(|| self.members.first().map(|m| m.graph.capacity()))
+            .unwrap_or(1);
         let (mean, std) = normalisation(channels);
 
         // The shifts of every bag member, in apply_model's order: (origin, length) of each pass
@@ -393,28 +398,24 @@ fn normalisation(channels: &[Vec<f32>]) -> (f32, f32) {
     (mean as f32, (variance.sqrt() as f32) + 1e-8)
 }
 
-/// Buffers for one batch of chunks, reused across batches.
+/// Buffers for one window of chunks, reused across windows.
 struct ChunkRunner<'a> {
     model: &'a DemucsModel,
-    mix: Vec<f32>,
-    spec: Vec<f32>,
     scratch: SpecScratch,
-    /// Per chunk of the batch, per source and channel: the summed branches, `segment_samples` long.
+    /// Per chunk of the window, per source and channel: the summed branches, `segment_samples` long.
     outputs: Vec<f32>,
     branch: Vec<f32>,
-    batch_capacity: usize,
+    window_capacity: usize,
 }
 
 impl<'a> ChunkRunner<'a> {
-    fn new(model: &'a DemucsModel, batch_capacity: usize) -> Self {
+    fn new(model: &'a DemucsModel, window_capacity: usize) -> Self {
         Self {
             model,
-            mix: Vec::new(),
-            spec: Vec::new(),
             scratch: SpecScratch::default(),
             outputs: Vec::new(),
             branch: vec![0.0; model.segment_samples],
-            batch_capacity,
+            window_capacity,
         }
     }
 
@@ -430,16 +431,16 @@ impl<'a> ChunkRunner<'a> {
         let (channels, sources, length) = (model.channels, model.sources, model.segment_samples);
         let (bins, frames) = (model.spec.bins(), model.spec.frames());
         let plane = bins * frames;
-        let batch_len = batch.len().min(self.batch_capacity);
+        let window = &batch[..batch.len().min(self.window_capacity)];
         let started = Instant::now();
-        self.mix.clear();
-        self.mix.resize(batch_len * channels * length, 0.0);
-        self.spec.clear();
-        self.spec.resize(batch_len * channels * 2 * plane, 0.0);
         let stft_error = |e: crate::stft::StftError| model_error(&model.name, e.to_string());
-        for (b, chunk) in batch.iter().enumerate() {
+        // One row per chunk: the graph's two inputs (mix, spec) without their batch axis.
+        let mut rows = Vec::with_capacity(window.len());
+        for chunk in window {
+            let mut mix = vec![0.0f32; channels * length];
+            let mut spec = vec![0.0f32; channels * 2 * plane];
             for (c, signal) in input.iter().enumerate() {
-                let row = &mut self.mix[(b * channels + c) * length..][..length];
+                let row = &mut mix[c * length..][..length];
                 // TensorChunk.padded(valid_length), then HTDemucs.forward's zero padding up to
                 // the training length (the tail of `row` stays zero).
                 read_padded(
@@ -448,55 +449,58 @@ impl<'a> ChunkRunner<'a> {
                     &mut row[..chunk.read_length],
                     |x| (x - mean) / std,
                 );
-                let planes = &mut self.spec[(b * channels + c) * 2 * plane..][..2 * plane];
+                let planes = &mut spec[c * 2 * plane..][..2 * plane];
                 let (re, im) = planes.split_at_mut(plane);
                 model
                     .spec
                     .forward(row, re, im, &mut self.scratch)
                     .map_err(stft_error)?;
             }
+            rows.push(vec![mix, spec]);
         }
         timings.stft += started.elapsed();
 
         let started = Instant::now();
-        let outputs = member.graph.run(&[
-            (&[batch_len, channels, length], &self.mix),
-            (&[batch_len, channels * 2, bins, frames], &self.spec),
-        ])?;
+        let shapes = [vec![channels, length], vec![channels * 2, bins, frames]];
+        let outputs = member.graph.run_rows(&shapes, rows)?;
         timings.model += started.elapsed();
-        let [spec_out, wave_out] = outputs.as_slice() else {
-            return Err(model_error(
-                &model.name,
-                format!("the graph gave {} outputs, not 2", outputs.len()),
-            ));
-        };
-        let want_spec = [batch_len, sources, channels * 2, bins, frames];
-        let want_wave = [batch_len, sources, channels, length];
-        if spec_out.shape != want_spec || wave_out.shape != want_wave {
-            return Err(model_error(
-                &model.name,
-                format!(
-                    "the graph gave shapes {:?} and {:?}, expected {want_spec:?} and {want_wave:?}",
-                    spec_out.shape, wave_out.shape
-                ),
-            ));
-        }
+        let want_spec = [sources, channels * 2, bins, frames];
+        let want_wave = [sources, channels, length];
 
         let started = Instant::now();
         self.outputs.clear();
         self.outputs
-            .resize(batch_len * sources * channels * length, 0.0);
-        for (index, out) in self.outputs.chunks_exact_mut(length).enumerate() {
-            // index = (b * sources + s) * channels + c; cac planes 2c and 2c + 1 of source s.
-            let planes = &spec_out.data[index * 2 * plane..][..2 * plane];
-            let (re, im) = planes.split_at(plane);
-            model
-                .spec
-                .inverse(re, im, &mut self.branch, &mut self.scratch)
-                .map_err(stft_error)?;
-            let wave = &wave_out.data[index * length..][..length];
-            for ((o, x), xt) in out.iter_mut().zip(&self.branch).zip(wave) {
-                *o = xt + x;
+            .resize(window.len() * sources * channels * length, 0.0);
+        let row_size = sources * channels * length;
+        for (row, out) in outputs.iter().zip(self.outputs.chunks_exact_mut(row_size)) {
+            let (Some(spec_out), Some(wave_out)) = (row.output(0), row.output(1)) else {
+                return Err(model_error(
+                    &model.name,
+                    "the graph gave fewer than 2 outputs",
+                ));
+            };
+            if row.shape(0) != Some(&want_spec[..]) || row.shape(1) != Some(&want_wave[..]) {
+                return Err(model_error(
+                    &model.name,
+                    format!(
+                        "the graph gave rows of shapes {:?} and {:?}, expected {want_spec:?} and {want_wave:?}",
+                        row.shape(0),
+                        row.shape(1)
+                    ),
+                ));
+            }
+            for (index, out) in out.chunks_exact_mut(length).enumerate() {
+                // index = s * channels + c; cac planes 2c and 2c + 1 of source s.
+                let planes = &spec_out[index * 2 * plane..][..2 * plane];
+                let (re, im) = planes.split_at(plane);
+                model
+                    .spec
+                    .inverse(re, im, &mut self.branch, &mut self.scratch)
+                    .map_err(stft_error)?;
+                let wave = &wave_out[index * length..][..length];
+                for ((o, x), xt) in out.iter_mut().zip(&self.branch).zip(wave) {
+                    *o = xt + x;
+                }
             }
         }
         timings.stft += started.elapsed();

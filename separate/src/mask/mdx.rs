@@ -124,9 +124,17 @@ impl MdxModel {
                 }
             }
             let shape = [n_chunks, DIM_C, dim_f, dim_t];
+            let started = std::time::Instant::now();
             let outputs = self
                 .graph
                 .run(&[(&shape, &input[..n_chunks * DIM_C * plane])])?;
+            crate::batch::report(&crate::batch::BatchRun {
+                model: &self.name,
+                rows: n_chunks,
+                capacity: self.batch,
+                windows: 1,
+                busy: started.elapsed(),
+            });
             let estimate = outputs
                 .into_iter()
                 .next()

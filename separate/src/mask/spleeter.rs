@@ -113,9 +113,17 @@ impl SpleeterModel {
             }
 
             let shape = [n_seg, n_ch, t_len, f_len];
+            let started = std::time::Instant::now();
             let outputs = self
                 .graph
                 .run(&[(&shape, &magnitude[..n_seg * segment_values])])?;
+            crate::batch::report(&crate::batch::BatchRun {
+                model: &self.name,
+                rows: n_seg,
+                capacity: self.batch,
+                windows: 1,
+                busy: started.elapsed(),
+            });
             for output in &outputs {
                 if output.shape != shape {
                     return Err(model_error(
