@@ -53,6 +53,11 @@ pub(crate) struct Metrics {
     realtime_factor: HistogramVec,
     audio_seconds: CounterVec,
     model_load: HistogramVec,
+    stage_queue_wait: HistogramVec,
+    separate_batches: IntCounterVec,
+    separate_batch_rows: IntCounterVec,
+    separate_batch_slots: IntCounterVec,
+    separate_busy: CounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
 }
@@ -186,6 +191,35 @@ impl Metrics {
             &["model"],
             MODEL_LOAD_BUCKETS,
         )?;
+        let stage_queue_wait = histogram_vec(
+            "msaas_stage_queue_wait_seconds",
+            "Time a job waited for a stage: from the previous stage done (or the upload) to a worker starting it.",
+            &["stage"],
+            STAGE_DURATION_BUCKETS,
+        )?;
+        let separate_batches = counter_vec(
+            "msaas_separate_batches_total",
+            "Model runs of the separate stage (each a batch of chunks, possibly of several jobs).",
+            &["model"],
+        )?;
+        let separate_batch_rows = counter_vec(
+            "msaas_separate_batch_rows_total",
+            "Chunks run in those batches; divided by msaas_separate_batch_slots_total: the batch fill ratio.",
+            &["model"],
+        )?;
+        let separate_batch_slots = counter_vec(
+            "msaas_separate_batch_slots_total",
+            "Chunks those batches could have held (the batch size of each run).",
+            &["model"],
+        )?;
+        let separate_busy = CounterVec::new(
+            Opts::new(
+                "msaas_separate_device_busy_seconds_total",
+                "Seconds inside the model runtime; its rate is the device busy ratio of a pod.",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(separate_busy.clone()))?;
         let http_requests = counter_vec(
             "msaas_http_requests_total",
             "HTTP requests served, by route template, method and status code.",
@@ -228,6 +262,11 @@ impl Metrics {
             realtime_factor,
             audio_seconds,
             model_load,
+            stage_queue_wait,
+            separate_batches,
+            separate_batch_rows,
+            separate_batch_slots,
+            separate_busy,
             http_requests,
             http_duration,
         })
@@ -416,6 +455,33 @@ pub fn separation_finished(model: &str, audio_seconds: f64, compute_seconds: f64
     m.audio_seconds
         .with_label_values(&[model])
         .inc_by(audio_seconds);
+}
+
+/// A job waited `seconds` for a worker of `stage` to start it.
+pub fn stage_queue_wait(stage: &'static str, seconds: f64) {
+    metrics()
+        .stage_queue_wait
+        .with_label_values(&[stage])
+        .observe(seconds.max(0.0));
+}
+
+/// One model run of the separate stage: `rows` chunks in a batch of `capacity`, `busy_seconds`
+/// inside the runtime.
+pub fn separate_batch(model: &str, rows: usize, capacity: usize, busy_seconds: f64) {
+    let m = metrics();
+    let model = bounded_model(model);
+    m.separate_batches.with_label_values(&[model]).inc();
+    m.separate_batch_rows
+        .with_label_values(&[model])
+        .inc_by(rows as u64);
+    m.separate_batch_slots
+        .with_label_values(&[model])
+        .inc_by(capacity.max(rows) as u64);
+    if busy_seconds.is_finite() {
+        m.separate_busy
+            .with_label_values(&[model])
+            .inc_by(busy_seconds.max(0.0));
+    }
 }
 
 /// A model was loaded in `seconds`.

@@ -96,6 +96,8 @@ fn exposed_series() -> BTreeSet<String> {
     queue_poll_failed("decode");
     separation_finished("m", 1.0, 1.0);
     model_loaded("m", 1.0);
+    stage_queue_wait("separate", 1.0);
+    separate_batch("m", 3, 4, 0.5);
     http_request("/healthz", "GET", 200, 0.001);
     upload_accepted(1);
     upload_rejected("too_large");

@@ -31,6 +31,9 @@ impl TransitionHook for MetricsHook {
                 if let Some(stage) = stage {
                     observe::metrics::stage_attempt(stage);
                 }
+                if let (Some(stage), Some(job)) = (event.stage, event.job.as_ref()) {
+                    stage_started(stage, job);
+                }
             }
             EventKind::StageFinished => {
                 if let (Some(stage), Some(job)) = (event.stage, event.job.as_ref()) {
@@ -51,6 +54,33 @@ impl TransitionHook for MetricsHook {
             EventKind::Queued | EventKind::Progress | EventKind::Retrying => {}
         }
     }
+}
+
+/// How long the job waited for this stage: from the previous stage's end (or the job's
+/// creation, for the first) to this start, from the record's own timestamps.
+fn stage_started(stage: Stage, job: &Job) {
+    let Some(started) = job.stages.get(&stage).and_then(|t| t.started_ms) else {
+        return;
+    };
+    let ready = match Stage::ALL.iter().position(|&s| s == stage) {
+        Some(0) | None => Some(job.created_ms),
+        Some(i) => job
+            .stages
+            .get(&Stage::ALL[i - 1])
+            .and_then(|t| t.finished_ms),
+    };
+    if let Some(ready) = ready {
+        observe::metrics::stage_queue_wait(
+            stage.as_str(),
+            started.saturating_sub(ready) as f64 / 1000.0,
+        );
+    }
+}
+
+/// One model run of the separate stage (chunks of one or more jobs), for the batch fill and
+/// device busy series; stage crates reach `observe` through here.
+pub fn separate_batch(model: &str, rows: usize, capacity: usize, busy_seconds: f64) {
+    observe::metrics::separate_batch(model, rows, capacity, busy_seconds);
 }
 
 /// Duration of the stage run from the record's own timestamps; for separation also the

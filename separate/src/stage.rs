@@ -39,6 +39,14 @@ pub struct SeparateStage {
 
 impl SeparateStage {
     pub fn new(models_dir: PathBuf, runtime: RuntimeOptions) -> Self {
+        crate::batch::set_observer(|run| {
+            pipeline::telemetry::separate_batch(
+                run.model,
+                run.rows,
+                run.capacity,
+                run.busy.as_secs_f64(),
+            );
+        });
         Self {
             models_dir,
             runtime,
