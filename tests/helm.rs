@@ -250,6 +250,8 @@ fn lint_is_clean_in_strict_mode_for_every_profile() {
 fn values_schema_rejects_bad_values() {
     for bad in [
         "workers.separate.autoscaling.lagCount=0",
+        "workers.decode.autoscaling.runningPerPod=0",
+        "config.models.inFlight=-1",
         "config.limits.maxInputBytes=0",
         "storage.endpoint=s3.example.com",
         "unknownTopLevelKey=1",
@@ -474,9 +476,10 @@ fn one_keda_scaler_per_worker_stage_on_its_waiting_and_running_work() {
     }
 
     // With nothing waiting (lag 0) and N jobs running (N pending entries), the replicas KEDA
-    // asks for — the largest of the triggers' ceil(metric / target) — are N: scale-down never
-    // takes the stage below its running jobs, nor to zero (the CPU profile's 600 s cooldown
-    // would otherwise stop every job longer than that).
+    // asks for — the largest of the triggers' ceil(metric / target) — are exactly the pods
+    // that hold N jobs at the pod's concurrency (its `--concurrency`, the jobs it has in
+    // flight): scale-down never takes the stage below its running jobs, nor to zero (the CPU
+    // profile's 600 s cooldown would otherwise stop every job longer than that).
     for (profile, files) in [("default", &[][..]), ("cpu", &["values-cpu.yaml"][..])] {
         let docs = render(files, &[]);
         for stage in STAGES {
@@ -491,14 +494,34 @@ fn one_keda_scaler_per_worker_stage_on_its_waiting_and_running_work() {
                 threshold(0, "lagCount"),
                 threshold(1, "pendingEntriesCount"),
             );
+            let args = args_of(the_container(deployment(&docs, stage)));
+            let per_pod: u64 = match args.as_slice() {
+                ["worker", s, "--concurrency", n] if *s == stage => n.parse().expect("a count"),
+                other => panic!("{profile} {stage}: args {other:?}"),
+            };
+            assert_eq!(
+                running_target, per_pod,
+                "{profile} {stage}: KEDA and the pod agree"
+            );
+            // The GPU pod overlaps transfers with the model run; the others run one job each.
+            let expected = if stage == "separate" && profile == "default" {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                per_pod, expected,
+                "{profile} {stage}: jobs in flight per pod"
+            );
             let max = scaler["spec"]["maxReplicaCount"].as_u64().expect("max");
-            for running in 1..=max {
+            for running in 1..=max * per_pod {
                 let lag = 0u64;
                 let desired = lag
                     .div_ceil(lag_target)
                     .max(running.div_ceil(running_target));
                 assert_eq!(
-                    desired, running,
+                    desired,
+                    running.div_ceil(per_pod),
                     "{profile} {stage}: {running} running jobs"
                 );
             }
@@ -671,7 +694,8 @@ fn rendered_env_is_a_valid_msaas_config_for_each_role() {
                 assert_eq!(config.server.body_idle_timeout_secs, 60, "{profile}");
                 assert_eq!(config.server.max_connections, 1024, "{profile}");
             } else {
-                assert_eq!(args, ["worker", role]);
+                assert_eq!(args[..2], ["worker", role]);
+                assert_eq!(args[2], "--concurrency", "{profile} {role}: {args:?}");
                 assert_eq!(config.observe.metrics_listen, format!("0.0.0.0:{port}"));
                 // Outages are waited out in place (issue 17), the same budget in every profile.
                 assert_eq!(config.worker.outage_budget_secs, 300, "{profile}");
@@ -1087,4 +1111,32 @@ fn models_are_provisioned_once_into_a_shared_volume_the_readers_mount_read_only(
             .expect("run helm template");
         assert!(!output.status.success(), "accepted --set {bad}");
     }
+}
+
+#[test]
+fn jobs_in_flight_and_batch_size_reach_the_separate_pod_and_its_autoscaler() {
+    let docs = render(
+        &["values-cpu.yaml"],
+        &["config.models.inFlight=3", "config.models.batchSize=8"],
+    );
+    let separate = the_container(deployment(&docs, "separate"));
+    assert_eq!(
+        args_of(separate),
+        ["worker", "separate", "--concurrency", "3"]
+    );
+    let config = pipeline::Config::load_from(None, process_env(separate)).expect("config");
+    assert_eq!(config.models.batch_size, Some(8));
+    let scaler = find(&docs, "ScaledObject", &resource_name("separate"));
+    assert_eq!(
+        scaler["spec"]["triggers"][1]["metadata"]["pendingEntriesCount"],
+        "3"
+    );
+    // Unset, the pod keeps msaas's own per-device batch default.
+    let docs = render(&[], &[]);
+    let separate = the_container(deployment(&docs, "separate"));
+    assert_eq!(env_value(separate, "MSAAS_MODELS__BATCH_SIZE"), None);
+    assert_eq!(
+        args_of(separate),
+        ["worker", "separate", "--concurrency", "2"]
+    );
 }

@@ -52,6 +52,17 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The pipeline's worker stages, in flow order. */}}
 {{- define "msaas.stages" -}}decode separate encode{{- end -}}
 
+{{/* Jobs one pod of a stage works on at once: separate holds config.models.inFlight (0: 2 on
+GPU, 1 on CPU, as msaas itself defaults), the others one. The worker is started with it
+(`--concurrency`) and KEDA's running trigger counts in it, so both agree. */}}
+{{- define "msaas.inFlight" -}}
+{{- $root := .root -}}
+{{- if eq .stage "separate" -}}
+{{- $configured := int ($root.Values.config.models.inFlight | default 0) -}}
+{{- if gt $configured 0 -}}{{ $configured }}{{- else if $root.Values.gpu.enabled -}}2{{- else -}}1{{- end -}}
+{{- else -}}1{{- end -}}
+{{- end -}}
+
 {{/* Redis key namespace of msaas (fixed in the binary): streams are <ns>:stage:<stage>. */}}
 {{- define "msaas.redisNamespace" -}}msaas{{- end -}}
 
