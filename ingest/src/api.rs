@@ -120,8 +120,12 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
                 Err(err) => Err(err),
             })
         });
-    // The replaced service answered `/` with a page load balancers probed; so does this one.
-    let index = warp::path::end().and(warp::get()).map(index_page);
+    // The web UI. The replaced service answered `/` with a page load balancers probed; `/`
+    // still answers 200 without auth.
+    let index = warp::path::end().and(warp::get()).map(crate::web::index);
+    let ui = warp::path!("ui" / String)
+        .and(warp::get())
+        .map(|file: String| respond(crate::web::asset(&file)));
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, &json!({"status": "ok"})));
@@ -159,6 +163,8 @@ pub(crate) fn routes(state: IngestState) -> BoxedFilter<(Response,)> {
         .or(models)
         .unify()
         .or(index)
+        .unify()
+        .or(ui)
         .unify()
         .or(healthz)
         .unify()
@@ -422,34 +428,6 @@ async fn ready(state: IngestState) -> Result<Response, ApiError> {
         )
         .with_status(StatusCode::SERVICE_UNAVAILABLE)),
     }
-}
-
-/// A small static page: what this is and where the API is described.
-fn index_page() -> Response {
-    const PAGE: &str = concat!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        "<title>MSaaS</title></head><body><h1>MSaaS</h1>",
-        "<p>Music separation: songs in, stems out. Version ",
-        env!("CARGO_PKG_VERSION"),
-        ".</p><p>The API: <a href=\"/openapi.json\">/openapi.json</a>; ",
-        "health: <a href=\"/healthz\">/healthz</a>.</p></body></html>\n"
-    );
-    let mut response = warp::reply::html(PAGE).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
 }
 
 /// Passes only `multipart/form-data` bodies on to warp's form parser, which takes any

@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod body;
+mod cors;
 mod error;
 mod events;
 mod lease;
@@ -21,6 +22,7 @@ mod state;
 mod stems;
 mod upload;
 mod view;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;

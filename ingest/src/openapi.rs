@@ -72,7 +72,7 @@ pub fn openapi() -> Value {
     ];
     let job_id = path_parameter("id", "job id (UUID)");
     let hash = path_parameter("hash", "job id (UUID)");
-    json!({
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "MSaaS — Music Separation as a Service",
@@ -134,7 +134,7 @@ pub fn openapi() -> Value {
                 "get": {"summary": "Models callers may name", "responses": with_common(json!({"200": {"description": "models", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"default": {"type": "string"}, "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}}}))},
             },
-            "/": {"get": {"summary": "A small HTML page (load balancers probe it)", "security": [], "responses": {"200": {"description": "text/html", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/": {"get": {"summary": "The web UI (load balancers probe it: always 200)", "security": [], "responses": {"200": {"description": "text/html", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"summary": "The process is up", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The backends answer", "security": [], "responses": {
                 "200": {"description": "ready"}, "503": error_response("a backend does not answer")}}},
@@ -188,5 +188,11 @@ pub fn openapi() -> Value {
                 }},
             },
         },
-    })
+    });
+    // Added apart: one json! literal this size reaches the macro recursion limit.
+    document["paths"]["/ui/{file}"] = json!({"get": {
+        "summary": "A script or style sheet of the web UI", "security": [],
+        "parameters": [{"name": "file", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the file"}, "404": error_response("no such file")}}});
+    document
 }

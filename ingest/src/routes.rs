@@ -11,6 +11,7 @@ use crate::state::IngestState;
 /// Every route the API serves, as (method, OpenAPI path template).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
+    ("GET", "/ui/{file}"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
@@ -31,10 +32,32 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Every route, with JSON errors for everything that does not match.
 pub(crate) fn all(state: IngestState) -> BoxedFilter<(Response,)> {
-    crate::api::routes(state.clone())
+    let cors = state.inner.cors.clone();
+    let preflight_cors = cors.clone();
+    // Preflights only when cross-origin access is on; otherwise OPTIONS is a 405 as before.
+    let preflight = warp::options()
+        .and(warp::header::optional::<String>("origin"))
+        .and_then(move |origin: Option<String>| {
+            let cors = preflight_cors.clone();
+            async move {
+                if cors.enabled() {
+                    Ok(cors.preflight(origin.as_deref()))
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        });
+    let routed = crate::api::routes(state.clone())
         .or(crate::legacy::routes(state))
         .unify()
         .recover(recover)
+        .unify();
+    preflight
+        .or(warp::header::optional::<String>("origin").and(routed).map(
+            move |origin: Option<String>, response: Response| {
+                cors.decorate(origin.as_deref(), response)
+            },
+        ))
         .unify()
         .with(warp::log::custom(|info| {
             observe::metrics::http_request(

@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub server_limits: ServerLimits,
     /// Per-tenant caps.
     pub tenants: TenantsConfig,
+    /// Which other origins may call the API from a browser (`server.cors_origins`).
+    pub cors: crate::cors::CorsPolicy,
     /// Cancelled when the server shuts down: ends event streams so the graceful shutdown
     /// does not wait for them.
     pub shutdown: CancellationToken,
@@ -83,6 +85,7 @@ impl IngestState {
                 auth,
                 server_limits: ServerLimits::from_config(&config.server),
                 tenants: config.tenants.clone(),
+                cors: crate::cors::CorsPolicy::new(&config.server.cors_origins),
                 shutdown: CancellationToken::new(),
             }),
         })

@@ -64,6 +64,7 @@ async fn every_documented_route_answers_and_every_route_is_documented() {
             .replace("{id}", &id)
             .replace("{hash}", &id)
             .replace("{stem}", "vocals")
+            .replace("{file}", "app.js")
             .replace("{track}", track);
         let url = server.url(&path);
         let request = match method.as_str() {

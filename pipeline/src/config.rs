@@ -366,6 +366,10 @@ pub struct ServerConfig {
     pub body_idle_timeout_secs: u64,
     /// Open connections at most per listener; more are answered 503 `overloaded`.
     pub max_connections: usize,
+    /// Other origins whose pages may call the API from a browser (CORS), e.g.
+    /// `https://app.example.com`; `*` allows any. Empty (the default): none — the web UI at
+    /// `/` is same-origin and needs none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -375,6 +379,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             body_idle_timeout_secs: 60,
             max_connections: 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -829,6 +834,22 @@ impl Config {
                 problem(key, &value, "must be at least 1");
             }
         }
+        for origin in &self.server.cors_origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let is_origin = rest.is_some_and(|host| {
+                let host = host.trim_end_matches('/');
+                !host.is_empty() && !host.contains(['/', '?', '#', ' '])
+            });
+            if origin != "*" && !is_origin {
+                problem(
+                    "server.cors_origins",
+                    origin,
+                    "each must be an origin (https://host[:port], no path) or *",
+                );
+            }
+        }
         if self.auth.anonymous
             && !self
                 .server
@@ -1246,6 +1267,10 @@ backoff_base_ms = 200
                 ("worker.backoff_max_ms", "100"),
                 ("server.listen", "localhost"),
                 ("server.max_connections", "0"),
+                (
+                    "server.cors_origins",
+                    "[\"https://ok.example\", \"ftp://x\"]",
+                ),
             ])
             .unwrap();
         let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
@@ -1266,6 +1291,7 @@ backoff_base_ms = 200
             "worker.backoff_max_ms = 100: must not be less than worker.backoff_base_ms (5000)",
             "server.listen = \"localhost\": must be an address and port, e.g. 127.0.0.1:8080 or [::]:8080",
             "server.max_connections = 0: must be at least 1",
+            "server.cors_origins = \"ftp://x\": each must be an origin (https://host[:port], no path) or *",
         ];
         for line in expected {
             assert!(
