@@ -146,6 +146,21 @@ fn spawn_workers(
     }
 }
 
+/// `serve --embedded` is the laptop mode: with no way to authenticate configured and the API
+/// only on loopback, callers are `anonymous`, so that the web page at `/` opens straight away.
+/// Anywhere else, or with keys configured, nothing changes.
+fn open_on_loopback(config: &mut Config, addr: SocketAddr) {
+    let auth = &config.auth;
+    let no_auth = auth.keys_file.is_none() && !auth.redis_keys && !auth.anonymous;
+    if no_auth && addr.ip().is_loopback() {
+        config.auth.anonymous = true;
+        tracing::info!(
+            %addr,
+            "no API keys configured: anonymous access, on loopback only (set auth.keys_file to require keys)"
+        );
+    }
+}
+
 fn listen_address(config: &Config, flag: Option<&str>) -> anyhow::Result<SocketAddr> {
     let text = flag.unwrap_or(&config.server.listen);
     text.parse()
@@ -153,8 +168,11 @@ fn listen_address(config: &Config, flag: Option<&str>) -> anyhow::Result<SocketA
 }
 
 pub async fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(config_path)?;
+    let mut config = load_config(config_path)?;
     let addr = listen_address(&config, args.listen.as_deref())?;
+    if args.embedded {
+        open_on_loopback(&mut config, addr);
+    }
     let shutdown = shutdown_on_signals()?;
     let backends = if args.embedded {
         backends(&config, true).await?

