@@ -48,91 +48,79 @@ async fn the_page_and_its_files_come_with_a_strict_policy() {
     server.stop().await;
 }
 
+const APP: &str = "https://app.example.com";
+
+/// A browser's call from `origin`: a preflight (`OPTIONS`), or `GET /v1/jobs` with or without
+/// the key.
+async fn from_origin(
+    server: &common::Server,
+    method: reqwest::Method,
+    origin: &str,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut request = server
+        .client
+        .request(method.clone(), server.url("/v1/jobs"))
+        .header("origin", origin);
+    if method == reqwest::Method::OPTIONS {
+        request = request
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            );
+    }
+    if let Some(key) = key {
+        request = request.header("authorization", bearer(key));
+    }
+    request.send().await.unwrap()
+}
+
+fn allowed_origin(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+}
+
 #[tokio::test]
 async fn cross_origin_calls_are_refused_unless_the_origin_is_listed() {
+    use reqwest::Method;
     let off = start().await;
-    let preflight = off
-        .client
-        .request(reqwest::Method::OPTIONS, off.url("/v1/jobs"))
-        .header("origin", "https://app.example.com")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+    let preflight = from_origin(&off, Method::OPTIONS, APP, None).await;
     assert_eq!(preflight.status(), 405, "off: OPTIONS is not a route");
-    let listed = off
-        .client
-        .get(off.url("/v1/jobs"))
-        .header("origin", "https://app.example.com")
-        .header("authorization", bearer(ACME_KEY))
-        .send()
-        .await
-        .unwrap();
+    let listed = from_origin(&off, Method::GET, APP, Some(ACME_KEY)).await;
     assert_eq!(listed.status(), 200);
-    assert!(!listed.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(allowed_origin(&listed), None);
     off.stop().await;
 
     let on = start_with(Options {
-        tune: |config| config.server.cors_origins = vec!["https://app.example.com".into()],
+        tune: |config| config.server.cors_origins = vec![APP.into()],
         ..Options::default()
     })
     .await;
-    let preflight = on
-        .client
-        .request(reqwest::Method::OPTIONS, on.url("/v1/jobs"))
-        .header("origin", "https://app.example.com")
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, content-type",
-        )
-        .send()
-        .await
-        .unwrap();
+    let preflight = from_origin(&on, Method::OPTIONS, APP, None).await;
     assert_eq!(preflight.status(), 204);
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://app.example.com"
-    );
+    assert_eq!(allowed_origin(&preflight), Some(APP));
     let allowed = preflight.headers()["access-control-allow-headers"]
         .to_str()
         .unwrap();
     assert!(allowed.contains("authorization"), "{allowed}");
-    let listed = on
-        .client
-        .get(on.url("/v1/jobs"))
-        .header("origin", "https://app.example.com")
-        .header("authorization", bearer(ACME_KEY))
-        .send()
-        .await
-        .unwrap();
+    let listed = from_origin(&on, Method::GET, APP, Some(ACME_KEY)).await;
     assert_eq!(listed.status(), 200);
-    assert_eq!(
-        listed.headers()["access-control-allow-origin"],
-        "https://app.example.com"
-    );
+    assert_eq!(allowed_origin(&listed), Some(APP));
     // An error answer carries the permission too, so the page can read why it failed.
-    let refused = on
-        .client
-        .get(on.url("/v1/jobs"))
-        .header("origin", "https://app.example.com")
-        .send()
-        .await
-        .unwrap();
+    let refused = from_origin(&on, Method::GET, APP, None).await;
     assert_eq!(refused.status(), 401);
-    assert!(
-        refused
-            .headers()
-            .contains_key("access-control-allow-origin")
+    assert_eq!(allowed_origin(&refused), Some(APP));
+    let other = from_origin(&on, Method::GET, "https://evil.example", Some(ACME_KEY)).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(allowed_origin(&other), None);
+    let preflight = from_origin(&on, Method::OPTIONS, "https://evil.example", None).await;
+    assert_eq!(
+        allowed_origin(&preflight),
+        None,
+        "no permission for another site"
     );
-    let other = on
-        .client
-        .get(on.url("/v1/jobs"))
-        .header("origin", "https://evil.example")
-        .header("authorization", bearer(ACME_KEY))
-        .send()
-        .await
-        .unwrap();
-    assert!(!other.headers().contains_key("access-control-allow-origin"));
     on.stop().await;
 }

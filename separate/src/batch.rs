@@ -171,6 +171,33 @@ impl Queue {
         }
     }
 
+    /// What a finished run means for the windows in it. Out of memory with more than one row:
+    /// the capacity halves for good and the rows run again, in smaller batches.
+    fn settle(
+        &mut self,
+        batch: Batch,
+        result: Result<Arc<Vec<TensorData>>, RuntimeError>,
+        capacity: &AtomicUsize,
+        model: &str,
+    ) {
+        match result {
+            Ok(outputs) => self.deliver(batch.rows, &outputs),
+            Err(RuntimeError::OutOfMemory(message)) if batch.rows.len() > 1 => {
+                let smaller = (batch.rows.len() / 2).max(1);
+                capacity.fetch_min(smaller, Ordering::Relaxed);
+                tracing::warn!(
+                    model,
+                    rows = batch.rows.len(),
+                    capacity = smaller,
+                    %message,
+                    "the device ran out of memory: smaller batches from now on"
+                );
+                self.requeue(batch.rows);
+            }
+            Err(error) => self.fail(&batch.rows, &error),
+        }
+    }
+
     /// Puts the rows of a batch back at the front of their windows, in their order.
     fn requeue(&mut self, rows: Vec<(u64, usize, Row)>) {
         for (id, index, row) in rows.into_iter().rev() {
@@ -318,7 +345,7 @@ impl BatchedGraph {
                 let result = self.execute(&batch);
                 queue = self.lock();
                 queue.running = false;
-                self.settle(&mut queue, batch, result);
+                queue.settle(batch, result, &self.capacity, &self.model);
                 self.turn.notify_all();
                 continue;
             }
@@ -326,31 +353,6 @@ impl BatchedGraph {
                 .turn
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// What a finished run means for the windows in it.
-    fn settle(
-        &self,
-        queue: &mut Queue,
-        batch: Batch,
-        result: Result<Arc<Vec<TensorData>>, RuntimeError>,
-    ) {
-        match result {
-            Ok(outputs) => queue.deliver(batch.rows, &outputs),
-            Err(RuntimeError::OutOfMemory(message)) if batch.rows.len() > 1 => {
-                let smaller = (batch.rows.len() / 2).max(1);
-                self.capacity.fetch_min(smaller, Ordering::Relaxed);
-                tracing::warn!(
-                    model = %self.model,
-                    rows = batch.rows.len(),
-                    capacity = smaller,
-                    %message,
-                    "the device ran out of memory: smaller batches from now on"
-                );
-                queue.requeue(batch.rows);
-            }
-            Err(error) => queue.fail(&batch.rows, &error),
         }
     }
 
@@ -476,6 +478,51 @@ mod tests {
         let second = q.take_batch(4).expect("rows pending");
         assert_eq!(taken(&second), [(2, 1), (0, 2)]);
         assert!(q.take_batch(4).is_none(), "nothing left");
+    }
+
+    #[test]
+    fn out_of_memory_halves_the_batch_until_one_row_is_left_then_fails_with_its_code() {
+        let mut q = queue(vec![window(3, 1), window(2, 1)]);
+        let capacity = AtomicUsize::new(4);
+        let oom = || {
+            Err(RuntimeError::OutOfMemory(
+                "CUDA failure 2: out of memory".into(),
+            ))
+        };
+        let batch = q
+            .take_batch(capacity.load(Ordering::Relaxed))
+            .expect("rows");
+        assert_eq!(batch.rows.len(), 4);
+        q.settle(batch, oom(), &capacity, "m");
+        assert_eq!(capacity.load(Ordering::Relaxed), 2, "halved");
+        assert!(
+            q.windows.values().all(|w| w.failed.is_none()),
+            "nothing failed yet"
+        );
+        assert_eq!(
+            q.windows.values().map(|w| w.pending.len()).sum::<usize>(),
+            5,
+            "all back"
+        );
+
+        let batch = q
+            .take_batch(capacity.load(Ordering::Relaxed))
+            .expect("rows");
+        assert_eq!(batch.rows.len(), 2);
+        q.settle(batch, oom(), &capacity, "m");
+        assert_eq!(capacity.load(Ordering::Relaxed), 1);
+
+        let batch = q
+            .take_batch(capacity.load(Ordering::Relaxed))
+            .expect("rows");
+        let (id, _, _) = batch.rows[0];
+        q.settle(batch, oom(), &capacity, "m");
+        let error = q.windows[&id]
+            .failed
+            .clone()
+            .expect("one row that does not fit fails");
+        assert_eq!(error.code(), audio::ErrorCode::DeviceOutOfMemory);
+        assert!(error.code().is_transient(), "the worker retries it");
     }
 
     #[test]
