@@ -6,9 +6,10 @@
 //!
 //! Prints one Markdown row per configuration: songs/hour, × real time, batch fill (chunks run
 //! / batch slots), device busy (time in the runtime / wall time), p50 / p95 latency from the
-//! queueing to the stems stored. Every configuration must give every song the same stems (bytes
-//! hashed) as every other configuration of the same batch size: batched across jobs or not, a
-//! job's output is its own. (Another batch size rounds differently: kernels differ by shape.)
+//! queueing to the stems stored, and how each song's stems compare with the first run at the
+//! same batch size (bit-identical, or the largest difference relative to the peak: packed
+//! beside other jobs a chunk may sit elsewhere in its batch, where ONNX Runtime may round its
+//! last bits differently). More than 1e-4 of peak fails the benchmark.
 //!
 //!   cargo bench --bench separate_throughput -- --model spleeter-2stems --songs 8
 //!   cargo bench --bench separate_throughput -- --model /path/manifest.toml --device cuda \
@@ -28,7 +29,6 @@ use bytes::Bytes;
 use clap::Parser;
 use pipeline::traits::{ByteStream, Location, ObjectInfo, PutOutcome};
 use pipeline::{BackendError, Backends, BlobStore, Job, JobId, JobOptions, Stage, Worker};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -204,8 +204,8 @@ struct Outcome {
     rows: u64,
     slots: u64,
     busy: Duration,
-    /// Per song (in submission order): hash of every stem's bytes.
-    stems: Vec<String>,
+    /// Per song (in submission order): every stem's samples, by stem name.
+    stems: Vec<BTreeMap<String, Vec<f32>>>,
 }
 
 async fn wait_for(backends: &Backends, ids: &[JobId], stage: Stage) -> Vec<Job> {
@@ -323,17 +323,16 @@ async fn run_one(args: &Args, songs: &[(PathBuf, f64)], in_flight: usize, batch:
         .collect();
     let mut stems = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        let mut hash = Sha256::new();
-        let names: BTreeMap<_, _> = job.stems.iter().map(|s| (s.clone(), ())).collect();
-        for name in names.keys() {
+        let mut song = BTreeMap::new();
+        for name in &job.stems {
             let key = pipeline::job::keys::stem(&job.id, name);
             let path = dir.path().join("stem.wav");
             plain.store.get_to_file(&key, &path).await.unwrap();
-            hash.update(name.as_bytes());
-            hash.update(std::fs::read(&path).unwrap());
+            let mut reader = hound::WavReader::open(&path).unwrap();
+            let samples: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
+            song.insert(name.clone(), samples);
         }
-        let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        stems.push(digest);
+        stems.push(song);
     }
     Outcome {
         wall,
@@ -404,18 +403,38 @@ fn main() {
     );
     println!();
     println!(
-        "| round | in flight | batch | wall s | songs/hour | × real time | batch fill | device busy | p50 latency s | p95 latency s |"
+        "| round | in flight | batch | wall s | songs/hour | × real time | batch fill | device busy | p50 latency s | p95 latency s | stems vs the first run at this batch size |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut reference: BTreeMap<usize, (usize, Vec<String>)> = BTreeMap::new();
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut reference: BTreeMap<usize, (usize, Vec<BTreeMap<String, Vec<f32>>>)> = BTreeMap::new();
+    let mut worst_overall = 0.0f64;
     for round in 1..=args.rounds {
         for &(in_flight, batch) in &configs {
             let outcome = runtime.block_on(run_one(&args, &songs, in_flight, batch));
             let mut sorted = outcome.latencies.clone();
             sorted.sort_by(f64::total_cmp);
             let wall = outcome.wall.as_secs_f64();
+            let comparison = match reference.get(&batch) {
+                None => {
+                    let text = format!("(the reference: {in_flight} in flight)");
+                    reference.insert(batch, (in_flight, outcome.stems));
+                    text
+                }
+                Some((first, want)) => {
+                    let (identical, worst) = compare(want, &outcome.stems);
+                    worst_overall = worst_overall.max(worst);
+                    if identical == songs.len() {
+                        format!("same bytes as {first} in flight, every song")
+                    } else {
+                        format!(
+                            "same bytes for {identical} of {} songs; largest difference {worst:.1e} of peak",
+                            songs.len()
+                        )
+                    }
+                }
+            };
             println!(
-                "| {round} | {in_flight} | {batch} | {wall:.1} | {:.0} | {:.1} | {} | {:.0} % | {:.1} | {:.1} |",
+                "| {round} | {in_flight} | {batch} | {wall:.1} | {:.0} | {:.1} | {} | {:.0} % | {:.1} | {:.1} | {comparison} |",
                 songs.len() as f64 * 3600.0 / wall,
                 audio / wall,
                 if outcome.slots > 0 {
@@ -424,25 +443,47 @@ fn main() {
                         100.0 * outcome.rows as f64 / outcome.slots as f64
                     )
                 } else {
-                    "n/a (mask family)".into()
+                    "n/a".into()
                 },
                 100.0 * outcome.busy.as_secs_f64() / wall,
                 percentile(&sorted, 0.5),
                 percentile(&sorted, 0.95),
             );
-            match reference.get(&batch) {
-                None => {
-                    reference.insert(batch, (in_flight, outcome.stems));
-                }
-                Some((first, stems)) => assert_eq!(
-                    stems, &outcome.stems,
-                    "batch {batch}: some song's stems differ between {first} and {in_flight} jobs in flight"
-                ),
+        }
+    }
+    // Packed beside other jobs, a chunk may sit elsewhere in its batch than alone, and ONNX
+    // Runtime's kernels may round its last bits differently there; more than rounding is a bug.
+    assert!(
+        worst_overall < 1e-4,
+        "stems differ by {worst_overall:.1e} of peak between runs at one batch size"
+    );
+}
+
+/// Songs whose stems are bit-identical, and the largest difference of any sample relative to
+/// the song's peak.
+fn compare(
+    want: &[BTreeMap<String, Vec<f32>>],
+    got: &[BTreeMap<String, Vec<f32>>],
+) -> (usize, f64) {
+    let mut identical = 0;
+    let mut worst = 0.0f64;
+    for (a, b) in want.iter().zip(got) {
+        if a == b {
+            identical += 1;
+            continue;
+        }
+        let peak = a
+            .values()
+            .flatten()
+            .fold(0.0f32, |m, x| m.max(x.abs()))
+            .max(f32::MIN_POSITIVE);
+        for (name, samples) in a {
+            let other = &b[name];
+            assert_eq!(samples.len(), other.len(), "{name}: lengths differ");
+            for (x, y) in samples.iter().zip(other) {
+                worst = worst.max(f64::from((x - y).abs() / peak));
             }
         }
     }
-    println!();
-    println!(
-        "At each batch size, every configuration gave every song the same stems (SHA-256 of the stem files)."
-    );
+    (identical, worst)
 }

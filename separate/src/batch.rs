@@ -8,8 +8,11 @@
 //! batch (of anyone's rows) and hands the results out; the others wait on a condition variable.
 //! A row's outputs depend on its own inputs only (no operator of these graphs mixes the batch
 //! axis), and every run has the same shape (a partial batch is padded with zero rows: kernels
-//! are chosen by shape, and round differently at another batch size), so a job's output is
-//! the same bytes whatever it was batched with — alone or beside other jobs — at one batch size.
+//! are chosen by shape, and round differently at another batch size). At batch size 1 (the CPU
+//! default) a job's output is therefore the same bytes alone or beside other jobs. At larger
+//! sizes a chunk packed beside other jobs' may sit elsewhere in its batch than alone, and ONNX
+//! Runtime's CPU kernels can round its last bits differently there: measured on the full-size
+//! htdemucs, at most 8.7e-6 of the peak (BENCHMARKS.md); the tiny test model stays bit-exact.
 //!
 //! Out of memory on the device halves the capacity and runs the same rows again in smaller
 //! batches; only a single row that does not fit is an error (`device_out_of_memory`, retried
@@ -358,8 +361,9 @@ impl BatchedGraph {
 
     /// One graph run of a batch: its rows stacked on the batch axis, padded with zero rows up
     /// to the capacity. Runtimes pick kernels by shape (ONNX Runtime's CPU kernels round
-    /// differently at batch 1 and 2 on the full-size htdemucs), so every run has the same shape:
-    /// a row's outputs then do not depend on how many rows, or whose, ran beside it.
+    /// differently at batch 1 and 2 on the full-size htdemucs), so every run has one shape and a
+    /// row's outputs do not depend on how many rows ran beside it (on GPUs, one shape also keeps
+    /// cuDNN's algorithm choice stable).
     fn execute(&self, batch: &Batch) -> Result<Arc<Vec<TensorData>>, RuntimeError> {
         let count = batch.rows.len();
         let padded = self.capacity().max(count);

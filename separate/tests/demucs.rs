@@ -138,18 +138,26 @@ fn matches_the_python_reference_for_every_chunking() {
 
 #[test]
 fn batching_chunks_changes_nothing() {
-    let (_, model) = load_tiny();
+    let (manifest, model) = load_tiny();
     let mix = input();
     let one = model
         .separate(&mix, &DemucsOptions::default(), &mut NoListener)
         .expect("batch 1");
-    let options = DemucsOptions {
-        batch_size: Some(3),
-        ..DemucsOptions::default()
-    };
-    let three = model
-        .separate(&mix, &options, &mut NoListener)
+    // Three chunks per graph run (the batch size is the model's, shared by its jobs).
+    let batched = DemucsModel::load(
+        &manifest,
+        &RuntimeOptions {
+            batch_size: Some(3),
+            ..runtime()
+        },
+    )
+    .expect("load with batch 3");
+    let before = batched.graphs().next().expect("a graph").totals();
+    let three = batched
+        .separate(&mix, &DemucsOptions::default(), &mut NoListener)
         .expect("batch 3");
+    let after = batched.graphs().next().expect("a graph").totals();
+    assert_eq!(after.runs - before.runs, 2, "4 chunks in runs of 3: 2 runs");
     let peak = one
         .iter()
         .flatten()
