@@ -198,6 +198,9 @@ fn write_song(path: &Path, seconds: f64, index: usize) {
     writer.finalize().unwrap();
 }
 
+/// One song's stems: samples by stem name.
+type SongStems = BTreeMap<String, Vec<f32>>;
+
 struct Outcome {
     wall: Duration,
     latencies: Vec<f64>,
@@ -205,7 +208,7 @@ struct Outcome {
     slots: u64,
     busy: Duration,
     /// Per song (in submission order): every stem's samples, by stem name.
-    stems: Vec<BTreeMap<String, Vec<f32>>>,
+    stems: Vec<SongStems>,
 }
 
 async fn wait_for(backends: &Backends, ids: &[JobId], stage: Stage) -> Vec<Job> {
@@ -406,7 +409,8 @@ fn main() {
         "| round | in flight | batch | wall s | songs/hour | × real time | batch fill | device busy | p50 latency s | p95 latency s | stems vs the first run at this batch size |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut reference: BTreeMap<usize, (usize, Vec<BTreeMap<String, Vec<f32>>>)> = BTreeMap::new();
+    // Per batch size: the in-flight count of its first run, and that run's stems.
+    let mut reference: BTreeMap<usize, (usize, Vec<SongStems>)> = BTreeMap::new();
     let mut worst_overall = 0.0f64;
     for round in 1..=args.rounds {
         for &(in_flight, batch) in &configs {
@@ -461,10 +465,7 @@ fn main() {
 
 /// Songs whose stems are bit-identical, and the largest difference of any sample relative to
 /// the song's peak.
-fn compare(
-    want: &[BTreeMap<String, Vec<f32>>],
-    got: &[BTreeMap<String, Vec<f32>>],
-) -> (usize, f64) {
+fn compare(want: &[SongStems], got: &[SongStems]) -> (usize, f64) {
     let mut identical = 0;
     let mut worst = 0.0f64;
     for (a, b) in want.iter().zip(got) {
