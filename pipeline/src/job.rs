@@ -74,6 +74,11 @@ impl Stage {
         }
     }
 
+    /// The stage before this one, `None` for the first.
+    pub fn previous(self) -> Option<Stage> {
+        Self::ALL.into_iter().find(|s| s.next() == Some(self))
+    }
+
     /// The job state while this stage works on it.
     pub const fn running_state(self) -> JobState {
         match self {

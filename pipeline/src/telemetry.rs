@@ -62,12 +62,9 @@ fn stage_started(stage: Stage, job: &Job) {
     let Some(started) = job.stages.get(&stage).and_then(|t| t.started_ms) else {
         return;
     };
-    let ready = match Stage::ALL.iter().position(|&s| s == stage) {
-        Some(0) | None => Some(job.created_ms),
-        Some(i) => job
-            .stages
-            .get(&Stage::ALL[i - 1])
-            .and_then(|t| t.finished_ms),
+    let ready = match stage.previous() {
+        None => Some(job.created_ms),
+        Some(previous) => job.stages.get(&previous).and_then(|t| t.finished_ms),
     };
     if let Some(ready) = ready {
         observe::metrics::stage_queue_wait(

@@ -153,10 +153,6 @@ fn stage_finished(job: &Job, stage: Stage) -> bool {
         .is_some_and(|times| times.finished_ms.is_some())
 }
 
-fn previous(stage: Stage) -> Option<Stage> {
-    Stage::ALL.into_iter().find(|s| s.next() == Some(stage))
-}
-
 fn disposition(job: &Job, stage: Stage, attempt: u32) -> Disposition {
     if job.state.is_terminal() {
         return Disposition::Terminal;
@@ -174,7 +170,9 @@ fn disposition(job: &Job, stage: Stage, attempt: u32) -> Disposition {
             Disposition::Start
         }
     } else if job.state == stage.entry_state()
-        && previous(stage).is_none_or(|prev| stage_finished(job, prev))
+        && stage
+            .previous()
+            .is_none_or(|prev| stage_finished(job, prev))
     {
         Disposition::Start
     } else {
