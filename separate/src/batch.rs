@@ -99,8 +99,14 @@ struct Window {
     /// Rows not yet run, with their index in the window.
     pending: VecDeque<(usize, Row)>,
     outputs: Vec<Option<RowOutput>>,
-    remaining: usize,
     failed: Option<RuntimeError>,
+}
+
+impl Window {
+    /// Every row has run, or one failed (which ends the window).
+    fn finished(&self) -> bool {
+        self.failed.is_some() || self.outputs.iter().all(Option::is_some)
+    }
 }
 
 #[derive(Default)]
@@ -169,7 +175,6 @@ impl Queue {
                     batch: outputs.clone(),
                     row,
                 });
-                window.remaining -= 1;
             }
         }
     }
@@ -254,10 +259,6 @@ impl BatchedGraph {
         }
     }
 
-    pub fn graph(&self) -> &OnnxModel {
-        &self.graph
-    }
-
     /// Rows per graph run now (smaller after the device ran out of memory).
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
@@ -316,15 +317,11 @@ impl BatchedGraph {
                 shapes: shapes.to_vec(),
                 pending: rows.into_iter().enumerate().collect(),
                 outputs: vec![None; count],
-                remaining: count,
                 failed: None,
             },
         );
         loop {
-            let finished = queue
-                .windows
-                .get(&id)
-                .is_none_or(|w| w.remaining == 0 || w.failed.is_some());
+            let finished = queue.windows.get(&id).is_none_or(Window::finished);
             if finished {
                 let window = queue.windows.remove(&id);
                 drop(queue);
@@ -404,7 +401,6 @@ impl BatchedGraph {
         }
         let windows = {
             let mut ids: Vec<u64> = batch.rows.iter().map(|(id, _, _)| *id).collect();
-            ids.dedup();
             ids.sort_unstable();
             ids.dedup();
             ids.len()
@@ -454,7 +450,6 @@ mod tests {
                 .map(|i| (i, vec![vec![i as f32; shape]]))
                 .collect(),
             outputs: vec![None; rows],
-            remaining: rows,
             failed: None,
         }
     }

@@ -339,7 +339,7 @@ impl DemucsModel {
         let shift_scale = 1.0 / options.shifts.max(1) as f32;
 
         let mut stems = vec![vec![vec![0.0f32; frames]; self.channels]; self.sources];
-        let mut runner = ChunkRunner::new(self, batch_size);
+        let mut runner = ChunkRunner::new(self);
         let mut timings = DemucsTimings::default();
         let mut batch = Vec::with_capacity(batch_size);
         let mut done = 0;
@@ -405,24 +405,22 @@ struct ChunkRunner<'a> {
     /// Per chunk of the window, per source and channel: the summed branches, `segment_samples` long.
     outputs: Vec<f32>,
     branch: Vec<f32>,
-    window_capacity: usize,
 }
 
 impl<'a> ChunkRunner<'a> {
-    fn new(model: &'a DemucsModel, window_capacity: usize) -> Self {
+    fn new(model: &'a DemucsModel) -> Self {
         Self {
             model,
             scratch: SpecScratch::default(),
             outputs: Vec::new(),
             branch: vec![0.0; model.segment_samples],
-            window_capacity,
         }
     }
 
     fn run(
         &mut self,
         member: &BagMember,
-        batch: &[Chunk],
+        window: &[Chunk],
         input: &[Vec<f32>],
         (mean, std): (f32, f32),
         timings: &mut DemucsTimings,
@@ -431,7 +429,6 @@ impl<'a> ChunkRunner<'a> {
         let (channels, sources, length) = (model.channels, model.sources, model.segment_samples);
         let (bins, frames) = (model.spec.bins(), model.spec.frames());
         let plane = bins * frames;
-        let window = &batch[..batch.len().min(self.window_capacity)];
         let started = Instant::now();
         let stft_error = |e: crate::stft::StftError| model_error(&model.name, e.to_string());
         // One row per chunk: the graph's two inputs (mix, spec) without their batch axis.
