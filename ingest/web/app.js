@@ -59,19 +59,23 @@ function headers(extra = {}) {
   return h;
 }
 
+/** The API's `{"error":{"code","message"}}`, or the bare status when the body is not that. */
+function errorFrom(status, statusText, body) {
+  return new ApiError(
+    status,
+    body?.error?.code || `http_${status}`,
+    body?.error?.message || `${status} ${statusText}`,
+  );
+}
+
 async function errorOf(response) {
-  let code = `http_${response.status}`;
-  let message = `${response.status} ${response.statusText}`;
+  let body = null;
   try {
-    const body = await response.json();
-    if (body && body.error) {
-      code = body.error.code || code;
-      message = body.error.message || message;
-    }
+    body = await response.json();
   } catch {
     // Not JSON (a proxy's page): the status says enough.
   }
-  return new ApiError(response.status, code, message);
+  return errorFrom(response.status, response.statusText, body);
 }
 
 async function api(path, options = {}) {
@@ -317,11 +321,7 @@ function upload(file) {
       trackJob(body);
       setTimeout(() => row.remove(), 4000);
     } else {
-      const err = new ApiError(
-        request.status,
-        body?.error?.code || `http_${request.status}`,
-        body?.error?.message || `${request.status} ${request.statusText}`,
-      );
+      const err = errorFrom(request.status, request.statusText, body);
       status.textContent = `Not accepted: ${err.words()}`;
       status.className = "status error";
       if (err.status === 401) showSignIn("Your key is no longer accepted: sign in again.");
