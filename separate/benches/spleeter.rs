@@ -3,7 +3,8 @@
 //! real-time factor and peak RSS as one JSON line; with `SPLEETER_BENCH_OUT` set, writes the
 //! stems there as f32 WAV (for SDR scoring).
 //!
-//!   SPLEETER_BENCH_INPUT=mix.wav [SPLEETER_BENCH_OUT=dir] cargo bench -p separate --bench spleeter
+//!   SPLEETER_BENCH_INPUT=mix.wav [SPLEETER_BENCH_OUT=dir] [SPLEETER_BENCH_BATCH=n] \
+//!       cargo bench -p separate --bench spleeter
 
 use std::time::Instant;
 
@@ -54,8 +55,13 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok());
     let pcm = read_wav(&input);
+    // Segments per graph run (default: the model's own, its manifest's `batch`).
+    let batch_size = std::env::var("SPLEETER_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok());
     let options = RuntimeOptions {
         intra_threads: threads,
+        batch_size,
         ..RuntimeOptions::default()
     };
     let start = Instant::now();

@@ -49,8 +49,8 @@ pub fn set_observer(observer: impl Fn(&BatchRun<'_>) + Send + Sync + 'static) {
     let _ = OBSERVER.set(Box::new(observer));
 }
 
-/// Tells the observer about one graph run (also for the families that batch only within a job).
-pub(crate) fn report(run: &BatchRun<'_>) {
+/// Tells the observer about one graph run.
+fn report(run: &BatchRun<'_>) {
     if let Some(observer) = OBSERVER.get() {
         observer(run);
     }

@@ -72,7 +72,8 @@ pub enum MaskSpec {
         frames: usize,
         /// Lowest bins fed to the model (Spleeter's `F`, 1024); bins above get a zero mask.
         bins: usize,
-        /// Segments per model run: bounds memory on long inputs.
+        /// Most segments per graph run (the model's own bound on memory per run): runs hold
+        /// the device's batch size (`models.batch_size`), at most this, packed from every job.
         #[serde(default = "default_batch")]
         batch: usize,
         /// Added to the squared masks (`eps`, 1e-10 in Spleeter).
@@ -87,7 +88,7 @@ pub enum MaskSpec {
         target: String,
         dim_f: usize,
         dim_t: usize,
-        /// Chunks per model run.
+        /// Most chunks per graph run; as Spleeter's `batch`.
         #[serde(default = "default_batch")]
         batch: usize,
         /// Multiplier applied to the estimated target (the community's "compensate").

@@ -15,7 +15,9 @@ use crate::{demucs, mask};
 /// The loaded network of one family.
 #[derive(Debug)]
 enum Family {
-    Mask(mask::MaskModel),
+    // Boxed: a mask model holds its graph's executor inline (hundreds of bytes), a Demucs model
+    // its executors in a Vec.
+    Mask(Box<mask::MaskModel>),
     Demucs(demucs::DemucsModel),
 }
 
@@ -105,7 +107,7 @@ impl Separator {
     ) -> Result<Self, SeparateError> {
         let started = std::time::Instant::now();
         let family = match manifest.family {
-            FamilyKind::Mask => Family::Mask(mask::MaskModel::load(&manifest, options)?),
+            FamilyKind::Mask => Family::Mask(Box::new(mask::MaskModel::load(&manifest, options)?)),
             FamilyKind::Demucs => Family::Demucs(demucs::DemucsModel::load(&manifest, options)?),
         };
         let load_seconds = started.elapsed().as_secs_f64();
@@ -115,6 +117,14 @@ impl Separator {
             family,
             load_seconds,
         })
+    }
+
+    /// The executors of the model's graphs (one per graph; their batch size and totals).
+    pub fn graphs(&self) -> Box<dyn Iterator<Item = &crate::batch::BatchedGraph> + '_> {
+        match &self.family {
+            Family::Mask(model) => Box::new(std::iter::once(model.graph())),
+            Family::Demucs(model) => Box::new(model.graphs()),
+        }
     }
 
     /// Seconds [`Separator::from_manifest`] spent loading the model's graphs.

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails; the service must not (workspace lint)
 
+mod common;
+
 use std::path::PathBuf;
 
 use audio::Pcm;
@@ -13,15 +15,17 @@ fn manifest_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/mdx/{name}.toml"))
 }
 
+/// `batch`: chunks per graph run (the manifest's `batch = 3` bounds it); `None`: the CPU's 1.
 fn load(name: &str, batch: Option<usize>) -> Separator {
     let path = manifest_path(name);
-    let mut text = std::fs::read_to_string(&path).expect("manifest");
-    if let Some(batch) = batch {
-        text = text.replace("batch = 3", &format!("batch = {batch}"));
-    }
+    let text = std::fs::read_to_string(&path).expect("manifest");
     let dir = path.parent().expect("fixture dir").to_path_buf();
     let manifest = Manifest::parse(&text, dir).expect("valid manifest");
-    Separator::from_manifest(manifest, &RuntimeOptions::default())
+    let runtime = RuntimeOptions {
+        batch_size: batch,
+        ..RuntimeOptions::default()
+    };
+    Separator::from_manifest(manifest, &runtime)
         .unwrap_or_else(|e| panic!("loading {name} failed ({e}); run tools/setup for ONNX Runtime"))
 }
 
@@ -93,6 +97,17 @@ fn residual_sums_back_to_the_mix_and_batching_changes_nothing() {
 }
 
 #[test]
+fn jobs_of_different_lengths_share_graph_runs_and_get_what_they_get_alone() {
+    // Chunks of 960 samples advance by 704: 18, 1 and 2 chunks in windows of 3, which alone
+    // take 6 + 1 + 1 runs. Queued together, the first windows' 6 chunks fill 2 runs (the long
+    // job's in both), then the long job's other 5 windows run: 7.
+    let separator = load("random", Some(3));
+    let inputs = [stereo(12_500), stereo(500), stereo(1_000)];
+    let shared = common::assert_shared_runs_change_nothing(&separator, &inputs, 21);
+    assert_eq!(shared.runs, 7, "{shared:?}");
+}
+
+#[test]
 fn bins_above_dim_f_are_left_to_the_residual() {
     // 120 of 129 bins is above the random model's dim_f = 96.
     let tone: Vec<f32> = (0..10_000)
@@ -126,6 +141,13 @@ fn cuda_asked_for_and_unavailable_is_an_error_not_a_cpu_fallback() {
     )
     .expect_err("no CUDA here (CPU-only ONNX Runtime)");
     assert_eq!(err.code(), audio::ErrorCode::DeviceUnavailable, "{err}");
+    // Without the GPU build it names the command that installs it; with it (tools/setup
+    // --cuda ran) but no driver, the missing driver.
+    let message = err.to_string();
+    assert!(
+        message.contains("tools/setup --cuda") || message.contains("libcuda.so.1"),
+        "{message}"
+    );
 }
 
 #[test]

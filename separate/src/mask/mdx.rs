@@ -10,8 +10,9 @@
 //! the target for those samples. The target is scaled by `compensate`; every other source
 //! is the mix minus the target.
 
+use crate::batch::BatchedGraph;
 use crate::manifest::{Manifest, MaskSpec};
-use crate::runtime::{OnnxModel, RuntimeOptions};
+use crate::runtime::RuntimeOptions;
 use crate::stft::{Complex32, Stft};
 use crate::{Listener, SeparateError};
 
@@ -20,13 +21,12 @@ use super::graph::{model_error, single_graph, stft_error};
 #[derive(Debug)]
 pub struct MdxModel {
     name: String,
-    graph: OnnxModel,
+    graph: BatchedGraph,
     stft: Stft,
     sources: usize,
     target: usize,
     dim_f: usize,
     dim_t: usize,
-    batch: usize,
     compensate: f32,
 }
 
@@ -52,7 +52,7 @@ impl MdxModel {
             .ok_or_else(|| {
                 model_error(&manifest.name, format!("target {target:?} is not a source"))
             })?;
-        let (graph, stft) = single_graph(manifest, options, "MDX-Net", 1)?;
+        let (graph, stft) = single_graph(manifest, options, "MDX-Net", 1, batch)?;
         Ok(Self {
             name: manifest.name.clone(),
             graph,
@@ -61,9 +61,13 @@ impl MdxModel {
             target,
             dim_f,
             dim_t,
-            batch,
             compensate,
         })
+    }
+
+    /// The executor of its graph (its batch size and totals).
+    pub fn graph(&self) -> &BatchedGraph {
+        &self.graph
     }
 
     fn chunk_size(&self) -> usize {
@@ -89,30 +93,35 @@ impl MdxModel {
         let (chunk_size, trim) = (self.chunk_size(), self.trim());
         let step = chunk_size - 2 * trim;
         let chunks = len.div_ceil(step);
-        let batches = chunks.div_ceil(self.batch);
+        // A window of chunks at a time, as many as a graph run holds; the runs pack the
+        // windows of every job on the model.
+        let window = self.graph.capacity();
+        let windows = chunks.div_ceil(window);
         let bins = self.stft.bins();
         let (dim_f, dim_t) = (self.dim_f, self.dim_t);
         let plane = dim_f * dim_t;
+        let row_shape = [DIM_C, dim_f, dim_t];
 
         let mut target = vec![vec![0.0_f32; len]; 2];
         let mut chunk_signal = vec![0.0_f32; chunk_size];
         let mut spectrum = vec![Complex32::new(0.0, 0.0); dim_t * bins];
-        let mut input = vec![0.0_f32; self.batch * DIM_C * plane];
 
-        listener.progress(0, batches);
-        for batch_index in 0..batches {
+        listener.progress(0, windows);
+        for window_index in 0..windows {
             if listener.cancelled() {
                 return Err(SeparateError::Cancelled);
             }
-            let first_chunk = batch_index * self.batch;
-            let n_chunks = self.batch.min(chunks - first_chunk);
+            let first_chunk = window_index * window;
+            let n_chunks = window.min(chunks - first_chunk);
+            let mut rows = Vec::with_capacity(n_chunks);
             for k in 0..n_chunks {
+                let mut input = vec![0.0_f32; DIM_C * plane];
                 for (c, signal) in channels.iter().enumerate() {
                     self.fill_chunk(signal, first_chunk + k, &mut chunk_signal);
                     self.stft
                         .forward_frames(&chunk_signal, 0..dim_t, &mut spectrum)
                         .map_err(|e| stft_error(&self.name, e))?;
-                    let re_base = (k * DIM_C + 2 * c) * plane;
+                    let re_base = 2 * c * plane;
                     let im_base = re_base + plane;
                     for t in 0..dim_t {
                         for f in 0..dim_f {
@@ -122,37 +131,32 @@ impl MdxModel {
                         }
                     }
                 }
+                rows.push(vec![input]);
             }
-            let shape = [n_chunks, DIM_C, dim_f, dim_t];
-            let started = std::time::Instant::now();
-            let outputs = self
-                .graph
-                .run(&[(&shape, &input[..n_chunks * DIM_C * plane])])?;
-            crate::batch::report(&crate::batch::BatchRun {
-                model: &self.name,
-                rows: n_chunks,
-                capacity: self.batch,
-                windows: 1,
-                busy: started.elapsed(),
-            });
-            let estimate = outputs
-                .into_iter()
-                .next()
-                .filter(|o| o.shape == shape)
-                .ok_or_else(|| {
-                    model_error(&self.name, format!("output is not of shape {shape:?}"))
-                })?;
-            for k in 0..n_chunks {
+            let outputs = self.graph.run_rows(&[row_shape.to_vec()], rows)?;
+            for (k, row) in outputs.iter().enumerate() {
+                let estimate = row
+                    .output(0)
+                    .filter(|_| row.shape(0) == Some(&row_shape[..]))
+                    .ok_or_else(|| {
+                        model_error(
+                            &self.name,
+                            format!(
+                                "the graph gave rows of shape {:?}, expected {row_shape:?}",
+                                row.shape(0)
+                            ),
+                        )
+                    })?;
                 let chunk = first_chunk + k;
                 for (c, out) in target.iter_mut().enumerate() {
-                    let re_base = (k * DIM_C + 2 * c) * plane;
+                    let re_base = 2 * c * plane;
                     let im_base = re_base + plane;
                     spectrum.fill(Complex32::new(0.0, 0.0));
                     for t in 0..dim_t {
                         for f in 0..dim_f {
                             spectrum[t * bins + f] = Complex32::new(
-                                estimate.data[re_base + f * dim_t + t],
-                                estimate.data[im_base + f * dim_t + t],
+                                estimate[re_base + f * dim_t + t],
+                                estimate[im_base + f * dim_t + t],
                             );
                         }
                     }
@@ -170,7 +174,7 @@ impl MdxModel {
                     }
                 }
             }
-            listener.progress(batch_index + 1, batches);
+            listener.progress(window_index + 1, windows);
         }
 
         let residual: Vec<Vec<f32>> = channels

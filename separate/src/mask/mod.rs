@@ -8,6 +8,7 @@ mod graph;
 pub mod mdx;
 pub mod spleeter;
 
+use crate::batch::BatchedGraph;
 use crate::manifest::{Manifest, MaskSpec};
 use crate::runtime::RuntimeOptions;
 use crate::{Listener, SeparateError};
@@ -30,6 +31,14 @@ impl MaskModel {
                 model: manifest.name.clone(),
                 message: "family \"mask\" needs a [mask] table".into(),
             }),
+        }
+    }
+
+    /// The executor of its one graph, shared by every job on the model.
+    pub fn graph(&self) -> &BatchedGraph {
+        match self {
+            Self::Spleeter(model) => model.graph(),
+            Self::Mdx(model) => model.graph(),
         }
     }
 

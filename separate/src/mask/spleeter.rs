@@ -5,11 +5,13 @@
 //! ratio masks `(m_i² + ε/2) / (Σ m² + ε)` → mask × complex STFT, zeros above `bins` ("mask
 //! extension" by zeros) → centred iSTFT.
 //!
-//! Segments are independent, so a song is walked a batch of segments at a time: memory is the
-//! input, the output and one batch of spectrogram, whatever the duration.
+//! Segments are independent, so a song is walked one window of segments at a time (as many as
+//! a graph run holds): memory is the input, the output and one window of spectrogram, whatever
+//! the duration. The runs pack the windows of every job on the model ([`crate::batch`]).
 
+use crate::batch::BatchedGraph;
 use crate::manifest::{Manifest, MaskSpec};
-use crate::runtime::{OnnxModel, RuntimeOptions};
+use crate::runtime::RuntimeOptions;
 use crate::stft::{Complex32, OverlapAdd, Stft};
 use crate::{Listener, SeparateError};
 
@@ -18,7 +20,7 @@ use super::graph::{model_error, single_graph, stft_error};
 #[derive(Debug)]
 pub struct SpleeterModel {
     name: String,
-    graph: OnnxModel,
+    graph: BatchedGraph,
     stft: Stft,
     sources: usize,
     channels: usize,
@@ -26,7 +28,6 @@ pub struct SpleeterModel {
     frames: usize,
     /// Bins fed to the network (`F`).
     bins: usize,
-    batch: usize,
     epsilon: f32,
 }
 
@@ -41,7 +42,8 @@ impl SpleeterModel {
         else {
             return Err(model_error(&manifest.name, "not a Spleeter manifest"));
         };
-        let (graph, stft) = single_graph(manifest, options, "Spleeter", manifest.sources.len())?;
+        let (graph, stft) =
+            single_graph(manifest, options, "Spleeter", manifest.sources.len(), batch)?;
         Ok(Self {
             name: manifest.name.clone(),
             graph,
@@ -50,9 +52,13 @@ impl SpleeterModel {
             channels: manifest.audio_channels,
             frames,
             bins,
-            batch,
             epsilon,
         })
+    }
+
+    /// The executor of its graph (its batch size and totals).
+    pub fn graph(&self) -> &BatchedGraph {
+        &self.graph
     }
 
     pub fn separate(
@@ -73,88 +79,91 @@ impl SpleeterModel {
             .num_frames(len)
             .map_err(|e| stft_error(&self.name, e))?;
         let segments = total_frames.div_ceil(t_len);
-        let batches = segments.div_ceil(self.batch);
+        let window = self.graph.capacity();
+        let windows = segments.div_ceil(window);
         let full_bins = self.stft.bins();
 
         let mut synthesis = (0..self.sources * n_ch)
             .map(|_| OverlapAdd::new(self.stft.clone(), total_frames, Some(len)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| stft_error(&self.name, e))?;
-        // The complex STFT below `bins` of one batch: [segment][channel][frame][bin].
+        // The complex STFT below `bins` of one window: [segment][channel][frame][bin].
         let segment_values = n_ch * t_len * f_len;
-        let mut kept = vec![Complex32::new(0.0, 0.0); self.batch * segment_values];
-        let mut magnitude = vec![0.0_f32; self.batch * segment_values];
+        let mut kept = vec![Complex32::new(0.0, 0.0); window * segment_values];
         let mut frame_buffer = vec![Complex32::new(0.0, 0.0); t_len * full_bins];
+        let mut masks = vec![vec![0.0_f32; segment_values]; self.sources];
+        let row_shape = [n_ch, t_len, f_len];
 
-        listener.progress(0, batches);
-        for batch_index in 0..batches {
+        listener.progress(0, windows);
+        for window_index in 0..windows {
             if listener.cancelled() {
                 return Err(SeparateError::Cancelled);
             }
-            let first_segment = batch_index * self.batch;
-            let n_seg = self.batch.min(segments - first_segment);
+            let first_segment = window_index * window;
+            let n_seg = window.min(segments - first_segment);
 
+            // One row per segment: its magnitude, [channel][frame][bin].
+            let mut rows = Vec::with_capacity(n_seg);
             for s in 0..n_seg {
                 let first_frame = (first_segment + s) * t_len;
+                let mut magnitude = vec![0.0_f32; segment_values];
                 for (c, signal) in channels.iter().enumerate() {
                     self.stft
                         .forward_frames(signal, first_frame..first_frame + t_len, &mut frame_buffer)
                         .map_err(|e| stft_error(&self.name, e))?;
-                    let base = (s * n_ch + c) * t_len * f_len;
+                    let base = c * t_len * f_len;
                     for t in 0..t_len {
                         let src = &frame_buffer[t * full_bins..t * full_bins + f_len];
                         let dst = base + t * f_len;
-                        kept[dst..dst + f_len].copy_from_slice(src);
+                        kept[s * segment_values + dst..][..f_len].copy_from_slice(src);
                         for (m, z) in magnitude[dst..dst + f_len].iter_mut().zip(src) {
                             *m = z.norm();
                         }
                     }
                 }
+                rows.push(vec![magnitude]);
             }
 
-            let shape = [n_seg, n_ch, t_len, f_len];
-            let started = std::time::Instant::now();
-            let outputs = self
-                .graph
-                .run(&[(&shape, &magnitude[..n_seg * segment_values])])?;
-            crate::batch::report(&crate::batch::BatchRun {
-                model: &self.name,
-                rows: n_seg,
-                capacity: self.batch,
-                windows: 1,
-                busy: started.elapsed(),
-            });
-            for output in &outputs {
-                if output.shape != shape {
-                    return Err(model_error(
-                        &self.name,
-                        format!("output shape {:?}, expected {shape:?}", output.shape),
-                    ));
+            let outputs = self.graph.run_rows(&[row_shape.to_vec()], rows)?;
+            for (s, row) in outputs.iter().enumerate() {
+                // Ratio masks: (m_i² + ε/2) / (Σ_j m_j² + ε).
+                let estimates = (0..self.sources)
+                    .map(|i| {
+                        row.output(i)
+                            .filter(|_| row.shape(i) == Some(&row_shape[..]))
+                    })
+                    .collect::<Option<Vec<&[f32]>>>()
+                    .ok_or_else(|| {
+                        model_error(
+                            &self.name,
+                            format!(
+                                "the graph gave rows of shape {:?}, expected {} of {row_shape:?}",
+                                row.shape(0),
+                                self.sources
+                            ),
+                        )
+                    })?;
+                for k in 0..segment_values {
+                    let sum: f32 =
+                        estimates.iter().map(|m| m[k] * m[k]).sum::<f32>() + self.epsilon;
+                    for (mask, m) in masks.iter_mut().zip(&estimates) {
+                        mask[k] = (m[k] * m[k] + self.epsilon / 2.0) / sum;
+                    }
                 }
-            }
 
-            // Ratio masks, written over the outputs: (m_i² + ε/2) / (Σ_j m_j² + ε).
-            let mut masks: Vec<Vec<f32>> = outputs.into_iter().map(|o| o.data).collect();
-            for k in 0..n_seg * segment_values {
-                let sum: f32 = masks.iter().map(|m| m[k] * m[k]).sum::<f32>() + self.epsilon;
-                for mask in &mut masks {
-                    mask[k] = (mask[k] * mask[k] + self.epsilon / 2.0) / sum;
-                }
-            }
-
-            for (source, mask) in masks.iter().enumerate() {
-                for s in 0..n_seg {
-                    let first_frame = (first_segment + s) * t_len;
-                    // Frames past the song's end are the zero padding of the partition.
-                    let valid = t_len.min(total_frames.saturating_sub(first_frame));
+                let first_frame = (first_segment + s) * t_len;
+                // Frames past the song's end are the zero padding of the partition.
+                let valid = t_len.min(total_frames.saturating_sub(first_frame));
+                for (source, mask) in masks.iter().enumerate() {
                     for c in 0..n_ch {
-                        let base = (s * n_ch + c) * t_len * f_len;
+                        let base = c * t_len * f_len;
                         for t in 0..valid {
                             let out = &mut frame_buffer[t * full_bins..(t + 1) * full_bins];
                             let at = base + t * f_len;
+                            let spectrum = &kept[s * segment_values + at..][..f_len];
                             for ((o, z), m) in out[..f_len]
                                 .iter_mut()
-                                .zip(&kept[at..at + f_len])
+                                .zip(spectrum)
                                 .zip(&mask[at..at + f_len])
                             {
                                 *o = z * *m;
@@ -167,7 +176,7 @@ impl SpleeterModel {
                     }
                 }
             }
-            listener.progress(batch_index + 1, batches);
+            listener.progress(window_index + 1, windows);
         }
 
         let mut result = Vec::with_capacity(self.sources);
