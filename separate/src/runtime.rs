@@ -251,7 +251,7 @@ fn environment(options: &RuntimeOptions) -> Result<ort::environment::Environment
         }
         return Ok(env.clone());
     }
-    check_library(&path)?;
+    check_library(&path, options.device)?;
     if matches!(options.device, Device::Cuda { .. })
         && let Some(dir) = path.parent()
     {
@@ -274,15 +274,22 @@ fn environment(options: &RuntimeOptions) -> Result<ort::environment::Environment
     Ok(env)
 }
 
-/// A clear error when the library file is absent (`ort` would only say "dlopen failed").
-fn check_library(path: &Path) -> Result<(), RuntimeError> {
+/// A clear error when the library file is absent (`ort` would only say "dlopen failed"). For
+/// CUDA that means the GPU build is not installed, so the device is unavailable (the CPU build
+/// is no fallback: a GPU worker must say so).
+fn check_library(path: &Path, device: Device) -> Result<(), RuntimeError> {
     if path.is_file() {
-        Ok(())
-    } else {
-        Err(RuntimeError::LibraryMissing {
-            path: path.to_path_buf(),
-        })
+        return Ok(());
     }
+    Err(match device {
+        Device::Cpu => RuntimeError::LibraryMissing {
+            path: path.to_path_buf(),
+        },
+        Device::Cuda { .. } => RuntimeError::DeviceUnavailable(format!(
+            "ONNX Runtime's GPU build is not at {}: run tools/setup --cuda (it installs it and the CUDA libraries under $MSAAS_HOME/lib/cuda), or point models.ort_library / ORT_DYLIB_PATH at one",
+            path.display()
+        )),
+    })
 }
 
 /// An output of [`OnnxModel::run`]: its shape and its values, row-major.
@@ -470,7 +477,7 @@ mod tests {
     #[test]
     fn a_missing_library_is_a_typed_error_naming_the_path() {
         let path = Path::new("/nonexistent/libonnxruntime.so.1.31.1");
-        let err = check_library(path).expect_err("no library there");
+        let err = check_library(path, Device::Cpu).expect_err("no library there");
         assert_eq!(err.code(), ErrorCode::ModelLoadFailed);
         let message = err.to_string();
         assert!(
@@ -478,6 +485,15 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("tools/setup"), "{message}");
+        // For CUDA the GPU build is missing: the device is unavailable until it is installed.
+        let err = check_library(path, Device::Cuda { device_id: 0 }).expect_err("no GPU build");
+        assert_eq!(err.code(), ErrorCode::DeviceUnavailable);
+        let message = err.to_string();
+        assert!(
+            message.contains("/nonexistent/libonnxruntime.so.1.31.1")
+                && message.contains("tools/setup --cuda"),
+            "{message}"
+        );
     }
 
     #[test]
