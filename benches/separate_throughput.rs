@@ -283,8 +283,8 @@ async fn run_one(args: &Args, songs: &[(PathBuf, f64)], in_flight: usize, batch:
     let runtime = separate::RuntimeOptions {
         device: args.device.parse().unwrap(),
         intra_threads: args.threads,
-        library: None,
         batch_size: Some(batch),
+        ..separate::RuntimeOptions::default()
     };
     let models_dir = args
         .models_dir

@@ -66,7 +66,7 @@ pub struct RunArgs {
     /// Files worked on at once (each stage gets this many workers).
     #[arg(long, short, value_name = "N", default_value_t = 1)]
     jobs: usize,
-    /// Execution provider: cpu, or cuda in a CUDA build.
+    /// Execution provider: cpu, or cuda (ONNX Runtime's GPU build from `tools/setup --cuda`).
     #[arg(long, value_name = "cpu|cuda")]
     device: Option<String>,
     /// Threads for the model (default: all cores).
@@ -264,6 +264,10 @@ pub(crate) fn runtime_options(config: &Config) -> separate::RuntimeOptions {
         intra_threads: config.models.threads,
         library: Some(config.ort_library()),
         batch_size: config.models.batch_size,
+        device_memory_limit: config
+            .models
+            .device_memory_limit
+            .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
     }
 }
 

@@ -1114,6 +1114,28 @@ fn models_are_provisioned_once_into_a_shared_volume_the_readers_mount_read_only(
 }
 
 #[test]
+fn a_gpu_memory_limit_reaches_the_gpu_pod_only_and_in_bytes() {
+    let limit = "config.models.deviceMemoryLimit=17179869184";
+    let docs = render(&["ci/values-gpu.yaml"], &[limit]);
+    let separate = the_container(deployment(&docs, "separate"));
+    let config = pipeline::Config::load_from(None, process_env(separate)).expect("config");
+    assert_eq!(config.models.device_memory_limit, Some(16 << 30));
+    // A CPU pod has no GPU memory to bound; unset, the GPU pod keeps ONNX Runtime's own.
+    let docs = render(&["values-cpu.yaml"], &[limit]);
+    let separate = the_container(deployment(&docs, "separate"));
+    assert_eq!(
+        env_value(separate, "MSAAS_MODELS__DEVICE_MEMORY_LIMIT"),
+        None
+    );
+    let docs = render(&["ci/values-gpu.yaml"], &[]);
+    let separate = the_container(deployment(&docs, "separate"));
+    assert_eq!(
+        env_value(separate, "MSAAS_MODELS__DEVICE_MEMORY_LIMIT"),
+        None
+    );
+}
+
+#[test]
 fn jobs_in_flight_and_batch_size_reach_the_separate_pod_and_its_autoscaler() {
     let docs = render(
         &["values-cpu.yaml"],

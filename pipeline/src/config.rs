@@ -122,11 +122,15 @@ pub struct ModelsConfig {
     /// Intra-op threads per model run; unset: every core.
     pub threads: Option<usize>,
     /// Chunks per model run, packed from every job in flight; unset: 1 on a CPU, 4 on CUDA
-    /// (halved for good whenever the device runs out of memory).
+    /// (halved for good whenever the device runs out of memory). A mask model's manifest
+    /// `batch` caps it for that model.
     pub batch_size: Option<usize>,
     /// Jobs one separate worker process holds at once, so that fetching the next mix and
     /// uploading the last stems overlap the model run; unset: 1 on a CPU, 2 on CUDA.
     pub in_flight: Option<usize>,
+    /// Most bytes of GPU memory ONNX Runtime may hold per loaded graph (CUDA only); unset: as
+    /// much as the device has. Runs that need more halve their batch.
+    pub device_memory_limit: Option<u64>,
     /// Python with numpy + onnx that `models pull|import` converts with; empty:
     /// `{home}/venv/bin/python` (made by `tools/setup`).
     pub converter_python: PathBuf,
@@ -140,6 +144,9 @@ pub struct ModelsConfig {
     /// `{home}/cache/downloads`.
     pub download_dir: PathBuf,
 }
+
+/// Below this a device memory limit is surely a unit mistake (MiB written for bytes).
+const MIN_DEVICE_MEMORY_LIMIT: u64 = 64 << 20;
 
 impl ModelsConfig {
     /// Jobs one separate worker holds at once: `in_flight`, else 1 on a CPU and 2 on CUDA
@@ -162,6 +169,7 @@ impl Default for ModelsConfig {
             threads: None,
             batch_size: None,
             in_flight: None,
+            device_memory_limit: None,
             converter_python: PathBuf::new(),
             pull_from: None,
             legacy_from: None,
@@ -690,6 +698,15 @@ impl Config {
                 "models.threads",
                 &0,
                 "must be at least 1 (leave it unset to use every core)",
+            );
+        }
+        if let Some(limit) = self.models.device_memory_limit
+            && limit < MIN_DEVICE_MEMORY_LIMIT
+        {
+            problem(
+                "models.device_memory_limit",
+                &limit,
+                "must be at least 67108864 (64 MiB); it is in bytes",
             );
         }
         for (key, value) in [
@@ -1256,6 +1273,7 @@ backoff_base_ms = 200
                 ("models.threads", "0"),
                 ("models.batch_size", "0"),
                 ("models.in_flight", "0"),
+                ("models.device_memory_limit", "4096"),
                 ("limits.max_duration_secs", "0"),
                 ("limits.max_channels", "0"),
                 ("limits.max_skipped_fraction", "1.5"),
@@ -1279,6 +1297,7 @@ backoff_base_ms = 200
         let expected = [
             "models.default_model = \" \": must name a model",
             "models.threads = 0: must be at least 1 (leave it unset to use every core)",
+            "models.device_memory_limit = 4096: must be at least 67108864 (64 MiB); it is in bytes",
             "models.batch_size = 0: must be at least 1 (leave it unset for the device's default)",
             "models.in_flight = 0: must be at least 1 (leave it unset for the device's default)",
             "limits.max_duration_secs = 0.0: must be a positive number of seconds",

@@ -58,6 +58,10 @@ pub struct RuntimeOptions {
     /// Rows (chunks) per graph run, shared by every job on the model; `None`: the device's
     /// default (1 on a CPU, where batching gains nothing and costs memory; 4 on a GPU).
     pub batch_size: Option<usize>,
+    /// Most bytes of device memory ONNX Runtime's arena may hold, per loaded graph (CUDA
+    /// only; `None`: as much as the device has). A run that needs more fails as out of memory,
+    /// and the executor halves its batch ([`crate::batch`]).
+    pub device_memory_limit: Option<usize>,
 }
 
 impl RuntimeOptions {
@@ -344,7 +348,7 @@ impl OnnxModel {
                 .with_intra_threads(threads.max(1))
                 .map_err(|e| model_err(e.to_string()))?;
         }
-        builder = with_device(builder, options.device)?;
+        builder = with_device(builder, options.device, options.device_memory_limit)?;
         let session = builder
             .commit_from_file(path)
             .map_err(|e| model_err(e.to_string()))?;
@@ -430,6 +434,7 @@ impl OnnxModel {
 fn with_device(
     builder: ort::session::builder::SessionBuilder,
     device: Device,
+    device_memory_limit: Option<usize>,
 ) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
     use ort::ep::ExecutionProvider;
     match device {
@@ -441,11 +446,17 @@ fn with_device(
                     "this ONNX Runtime library has no CUDA execution provider (tools/setup --cuda installs the GPU build under $MSAAS_HOME/lib/cuda)".into(),
                 ));
             }
+            // The arena grows by what a run asks for, not to the next power of two: with every
+            // run of one shape (see crate::batch) it stops growing after the first run, at what
+            // the model needs.
+            let mut cuda = ort::ep::CUDA::default()
+                .with_device_id(device_id)
+                .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+            if let Some(limit) = device_memory_limit {
+                cuda = cuda.with_memory_limit(limit);
+            }
             builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(device_id)
-                    .build()
-                    .error_on_failure()])
+                .with_execution_providers([cuda.build().error_on_failure()])
                 .map_err(|e| {
                     RuntimeError::DeviceUnavailable(format!("CUDA device {device_id}: {e}"))
                 })
