@@ -364,41 +364,26 @@ fn jobs_in_flight_share_batches_and_get_what_they_get_alone() {
     let graph = model.graphs().next().expect("one graph");
     let before = graph.totals();
     let long_done = std::sync::atomic::AtomicBool::new(false);
-    let together: Vec<_> = std::thread::scope(|scope| {
-        let hold = graph.hold();
-        let handles: Vec<_> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, mix)| {
-                let (model, options, long_done) = (&model, &options, &long_done);
-                scope.spawn(move || {
-                    let stems = model.separate(mix, options, &mut NoListener);
-                    if i == 0 {
-                        long_done.store(true, std::sync::atomic::Ordering::SeqCst);
-                        (stems, None)
-                    } else {
-                        (
-                            stems,
-                            Some(long_done.load(std::sync::atomic::Ordering::SeqCst)),
-                        )
-                    }
-                })
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while graph.waiting_windows() < inputs.len() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the jobs never queued their chunks"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        drop(hold);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("job thread"))
-            .collect()
-    });
+    let (model, options, long_done) = (&model, &options, &long_done);
+    let jobs: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, mix)| {
+            move || {
+                let stems = model.separate(mix, options, &mut NoListener);
+                if i == 0 {
+                    long_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    (stems, None)
+                } else {
+                    (
+                        stems,
+                        Some(long_done.load(std::sync::atomic::Ordering::SeqCst)),
+                    )
+                }
+            }
+        })
+        .collect();
+    let together = common::lined_up(graph, jobs);
     for (i, ((stems, long_was_done), want)) in together.into_iter().zip(&alone).enumerate() {
         let stems = stems.expect("together");
         assert!(

@@ -23,6 +23,32 @@ impl Listener for Recorder {
     }
 }
 
+/// Runs every job on its own thread with `graph` held until each has queued its first window,
+/// so that their chunks share runs without racing; returns their results in order.
+pub fn lined_up<T: Send>(
+    graph: &separate::batch::BatchedGraph,
+    jobs: Vec<impl FnOnce() -> T + Send>,
+) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let hold = graph.hold();
+        let count = jobs.len();
+        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while graph.waiting_windows() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the jobs never queued their chunks"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        drop(hold);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("job thread"))
+            .collect()
+    })
+}
+
 /// Separates every input alone, then all at once on threads whose chunks are lined up behind
 /// a hold on the model's graph (so that they share runs without racing), and asserts that each
 /// job got the same bytes both ways, that runs held chunks of more than one job, and that every
@@ -43,29 +69,12 @@ pub fn assert_shared_runs_change_nothing(
         .collect();
     let graph = separator.graphs().next().expect("a graph");
     let before = graph.totals();
-    let together: Vec<_> = std::thread::scope(|scope| {
-        let hold = graph.hold();
-        let handles: Vec<_> = inputs
-            .iter()
-            .map(|mix| {
-                let options = &options;
-                scope.spawn(move || separator.run(mix, options, &mut separate::NoListener))
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while graph.waiting_windows() < inputs.len() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the jobs never queued their chunks"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        drop(hold);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("job thread"))
-            .collect()
-    });
+    let options = &options;
+    let jobs: Vec<_> = inputs
+        .iter()
+        .map(|mix| move || separator.run(mix, options, &mut separate::NoListener))
+        .collect();
+    let together = lined_up(graph, jobs);
     for (i, (stems, want)) in together.into_iter().zip(&alone).enumerate() {
         let stems = stems.expect("together");
         assert!(
