@@ -1,5 +1,5 @@
 //! One executor per loaded graph, shared by every job running on it. Jobs hand in *rows*
-//! (Demucs: chunks) a window at a time; the rows of every waiting window are packed into graph
+//! (Demucs: chunks; Spleeter and MDX-Net: spectrogram segments) a window at a time; the rows of every waiting window are packed into graph
 //! runs of up to `capacity` rows, taken round-robin across windows one row at a time, so a short
 //! job never waits behind a long one's whole song and a partial window of one job is filled
 //! with another's rows.
