@@ -198,8 +198,8 @@ fn write_song(path: &Path, seconds: f64, index: usize) {
     writer.finalize().unwrap();
 }
 
-/// One song's stems: samples by stem name.
-type SongStems = BTreeMap<String, Vec<f32>>;
+/// One song's stems, by stem name.
+type SongStems = BTreeMap<String, audio::Pcm>;
 
 struct Outcome {
     wall: Duration,
@@ -207,7 +207,7 @@ struct Outcome {
     rows: u64,
     slots: u64,
     busy: Duration,
-    /// Per song (in submission order): every stem's samples, by stem name.
+    /// Per song (in submission order): every stem, by stem name.
     stems: Vec<SongStems>,
 }
 
@@ -331,9 +331,8 @@ async fn run_one(args: &Args, songs: &[(PathBuf, f64)], in_flight: usize, batch:
             let key = pipeline::job::keys::stem(&job.id, name);
             let path = dir.path().join("stem.wav");
             plain.store.get_to_file(&key, &path).await.unwrap();
-            let mut reader = hound::WavReader::open(&path).unwrap();
-            let samples: Vec<f32> = reader.samples::<f32>().map(Result::unwrap).collect();
-            song.insert(name.clone(), samples);
+            let stem = audio::read_wav_f32(std::fs::File::open(&path).unwrap()).unwrap();
+            song.insert(name.clone(), stem);
         }
         stems.push(song);
     }
@@ -475,14 +474,21 @@ fn compare(want: &[SongStems], got: &[SongStems]) -> (usize, f64) {
         }
         let peak = a
             .values()
-            .flatten()
+            .flat_map(|stem| stem.channels.iter().flatten())
             .fold(0.0f32, |m, x| m.max(x.abs()))
             .max(f32::MIN_POSITIVE);
-        for (name, samples) in a {
+        for (name, stem) in a {
             let other = &b[name];
-            assert_eq!(samples.len(), other.len(), "{name}: lengths differ");
-            for (x, y) in samples.iter().zip(other) {
-                worst = worst.max(f64::from((x - y).abs() / peak));
+            assert_eq!(
+                stem.channels.len(),
+                other.channels.len(),
+                "{name}: channels differ"
+            );
+            for (x, y) in stem.channels.iter().zip(&other.channels) {
+                assert_eq!(x.len(), y.len(), "{name}: lengths differ");
+                for (x, y) in x.iter().zip(y) {
+                    worst = worst.max(f64::from((x - y).abs() / peak));
+                }
             }
         }
     }
