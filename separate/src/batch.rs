@@ -1,8 +1,8 @@
 //! One executor per loaded graph, shared by every job running on it. Jobs hand in *rows*
-//! (Demucs: chunks; Spleeter and MDX-Net: spectrogram segments) a window at a time; the rows of every waiting window are packed into graph
-//! runs of up to `capacity` rows, taken round-robin across windows one row at a time, so a short
-//! job never waits behind a long one's whole song and a partial window of one job is filled
-//! with another's rows.
+//! (Demucs: chunks; Spleeter and MDX-Net: spectrogram segments) a window at a time; the rows of
+//! every waiting window are packed into graph runs of up to `capacity` rows, taken round-robin
+//! across windows one row at a time, so a short job never waits behind a long one's whole song
+//! and a partial window of one job is filled with another's rows.
 //!
 //! There is no thread of its own: the first caller that finds the graph idle runs the next
 //! batch (of anyone's rows) and hands the results out; the others wait on a condition variable.
