@@ -611,6 +611,33 @@ async fn an_outage_within_the_budget_costs_no_attempts() {
     h.assert_queues_empty().await;
 }
 
+/// Waits between the outage's runs longer than the visibility timeout, with a second worker
+/// on the stage: the claim is kept through the waits, so the other worker never takes the
+/// message over (each takeover would be an attempt, and with 2 attempts fail the job).
+#[tokio::test]
+async fn an_outage_keeps_the_claim_through_waits_longer_than_the_visibility_timeout() {
+    let mut h = Harness::new(2, Duration::from_millis(300)).await;
+    h.settings.backoff_base = Duration::from_millis(400);
+    h.settings.backoff_max = Duration::from_millis(800);
+    h.settings.outage_budget = Duration::from_secs(8);
+    h.handler(Stage::Separate)
+        .fail_with((0..3).map(|n| outage(&format!("storage down ({n})"))));
+    let (shutdown, mut tasks) = h.start_workers();
+    let second_separate = h.worker(Stage::Separate);
+    let second_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        second_separate.run(second_shutdown).await;
+    }));
+    let job = h.submit(b"patient").await;
+    let done = h.wait_finished(&job).await;
+    stop(shutdown, tasks).await;
+
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(done.attempt, 1, "no takeover during the waits");
+    assert_eq!(h.handler(Stage::Separate).runs(), 4);
+    h.assert_queues_empty().await;
+}
+
 /// An outage longer than the budget fails the job with the outage's own code (not
 /// `attempts_exhausted`) and a message that names the budget.
 #[tokio::test]

@@ -512,6 +512,10 @@ impl Worker {
     /// (storage, queue, events: [`ErrorCode::is_outage`]), with the backoff between runs, for
     /// up to the outage budget: an outage costs the job time, not attempts. The flag says the
     /// budget ran out (the job then fails with the outage's code).
+    ///
+    /// One claim watcher ([`watch_claim`]) spans every run and the waits between them: a wait
+    /// longer than the visibility timeout must not let another worker take the message over
+    /// (each takeover is an attempt, and enough of them fail the job `attempts_exhausted`).
     async fn run_through_outages(
         &self,
         running: &Job,
@@ -519,12 +523,41 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> (Result<StageOutput, StageError>, bool) {
         let stage = self.stage();
+        // Fires on shutdown or when the job is cancelled.
+        let cancel = shutdown.child_token();
+        let watcher_stop = CancellationToken::new();
+        // Aborted if this future is dropped (the worker's task killed): a watcher left
+        // running would keep extending the claim and no other worker could take it over.
+        let mut watcher = AbortOnDrop(tokio::spawn(watch_claim(
+            self.backends.clone(),
+            self.settings.clone(),
+            stage,
+            delivery.clone(),
+            running.id.clone(),
+            cancel.clone(),
+            watcher_stop.clone(),
+        )));
+        let ended = self.run_until_no_outage(running, &cancel).await;
+        watcher_stop.cancel();
+        if let Err(err) = (&mut watcher.0).await {
+            tracing::warn!(%stage, job = %running.id, %err, "claim watcher ended abnormally");
+        }
+        ended
+    }
+
+    /// The loop of [`Self::run_through_outages`], while its watcher keeps the claim.
+    async fn run_until_no_outage(
+        &self,
+        running: &Job,
+        cancel: &CancellationToken,
+    ) -> (Result<StageOutput, StageError>, bool) {
+        let stage = self.stage();
         let mut outage: Option<(std::time::Instant, u32)> = None;
         loop {
             let in_flight = observe::metrics::InFlight::start(stage.as_str());
-            let result = self.run_handler(running, delivery, shutdown).await;
+            let result = self.run_handler(running, cancel).await;
             drop(in_flight);
-            let waits = !self.settings.outage_budget.is_zero() && !shutdown.is_cancelled();
+            let waits = !self.settings.outage_budget.is_zero() && !cancel.is_cancelled();
             let error = match &result {
                 // Without a budget an outage is an ordinary transient failure (an attempt).
                 Err(StageError(error)) if error.code.is_outage() && waits => error,
@@ -550,7 +583,7 @@ impl Worker {
                 .backoff(*failures)
                 .min(self.settings.outage_budget.saturating_sub(waited));
             tokio::select! {
-                () = shutdown.cancelled() => return (result, false),
+                () = cancel.cancelled() => return (result, false),
                 () = tokio::time::sleep(delay) => {}
             }
             // Cancelled or deleted meanwhile: the caller's look at the record settles it.
@@ -624,16 +657,13 @@ impl Worker {
         }
     }
 
-    /// Runs the handler with a progress sink and a cancellation token that fires on
-    /// shutdown or when the job is cancelled; keeps the claim alive meanwhile.
+    /// Runs the handler with a progress sink and `cancel` (shutdown or the job cancelled).
     async fn run_handler(
         &self,
         job: &Job,
-        delivery: &Delivery,
-        shutdown: &CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<StageOutput, StageError> {
         let stage = self.stage();
-        let cancel = shutdown.child_token();
         let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
         let ctx = StageContext {
             store: self.backends.store.clone(),
@@ -661,19 +691,6 @@ impl Worker {
             })
         };
 
-        let watcher_stop = CancellationToken::new();
-        // Aborted if this future is dropped (the worker's task killed): a watcher left
-        // running would keep extending the claim and no other worker could take it over.
-        let mut watcher = AbortOnDrop(tokio::spawn(watch_claim(
-            self.backends.clone(),
-            self.settings.clone(),
-            stage,
-            delivery.clone(),
-            job.id.clone(),
-            cancel.clone(),
-            watcher_stop.clone(),
-        )));
-
         // A panicking stage must not take the worker down with the message still claimed:
         // it becomes an `internal` error, retried and then dead-lettered like any other.
         let result = std::panic::AssertUnwindSafe(self.handler.run(job, &ctx))
@@ -692,10 +709,6 @@ impl Worker {
                 ))
             });
 
-        watcher_stop.cancel();
-        if let Err(err) = (&mut watcher.0).await {
-            tracing::warn!(%stage, job = %job.id, %err, "claim watcher ended abnormally");
-        }
         drop(ctx);
         // Let queued progress out before the stage's finish event; a handler that kept a
         // copy of its context alive must not hold the worker up.
@@ -855,10 +868,10 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// While a stage runs: keeps the claim alive (touch every third of the visibility timeout),
-/// shows the job is alive by moving the record's `updated_ms` at the same pace (so the
-/// janitor's sweep never takes a long stage for a lost one), and cancels the stage when the
-/// job is cancelled (its event, or the record when polled).
+/// While a stage runs or waits out an outage: keeps the claim alive (touch every third of
+/// the visibility timeout), shows the job is alive by moving the record's `updated_ms` at the
+/// same pace (so the janitor's sweep never takes a long stage for a lost one), and cancels the
+/// stage when the job is cancelled (its event, or the record when polled).
 async fn watch_claim(
     backends: Backends,
     settings: WorkerSettings,
