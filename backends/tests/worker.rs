@@ -291,6 +291,21 @@ impl Harness {
         ended
     }
 
+    /// One job through one worker per stage plus a second separate worker, which takes the
+    /// message over if the first lets its claim lapse: the record it ends with.
+    async fn run_with_two_separate_workers(&self, source: &'static [u8]) -> Job {
+        let (shutdown, mut tasks) = self.start_workers();
+        let second_separate = self.worker(Stage::Separate);
+        let second_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            second_separate.run(second_shutdown).await;
+        }));
+        let job = self.submit(source).await;
+        let ended = self.wait_finished(&job).await;
+        stop(shutdown, tasks).await;
+        ended
+    }
+
     fn handler(&self, stage: Stage) -> &Arc<FakeStage> {
         &self.handlers[stage as usize]
     }
@@ -622,15 +637,7 @@ async fn an_outage_keeps_the_claim_through_waits_longer_than_the_visibility_time
     h.settings.outage_budget = Duration::from_secs(8);
     h.handler(Stage::Separate)
         .fail_with((0..3).map(|n| outage(&format!("storage down ({n})"))));
-    let (shutdown, mut tasks) = h.start_workers();
-    let second_separate = h.worker(Stage::Separate);
-    let second_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        second_separate.run(second_shutdown).await;
-    }));
-    let job = h.submit(b"patient").await;
-    let done = h.wait_finished(&job).await;
-    stop(shutdown, tasks).await;
+    let done = h.run_with_two_separate_workers(b"patient").await;
 
     assert_eq!(done.state, JobState::Done, "{:?}", done.error);
     assert_eq!(done.attempt, 1, "no takeover during the waits");
@@ -901,15 +908,7 @@ async fn long_stage_keeps_its_claim() {
     let h = Harness::new(3, Duration::from_millis(600)).await;
     h.handler(Stage::Separate)
         .behave([Behaviour::Slow(Duration::from_millis(1500))]);
-    let (shutdown, mut tasks) = h.start_workers();
-    let second_separate = h.worker(Stage::Separate);
-    let second_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        second_separate.run(second_shutdown).await;
-    }));
-    let job = h.submit(b"slow one").await;
-    let done = h.wait_finished(&job).await;
-    stop(shutdown, tasks).await;
+    let done = h.run_with_two_separate_workers(b"slow one").await;
     assert_eq!(done.state, JobState::Done, "{:?}", done.error);
     assert_eq!(h.handler(Stage::Separate).runs(), 1);
     assert!(done.stages[&Stage::Separate].started_ms.is_some());
