@@ -76,8 +76,23 @@ pub struct RowOutput {
 }
 
 impl RowOutput {
+    /// Output `index` of this row, row-major, checked to have the shape `want` (without the
+    /// batch axis); else a message saying what the graph gave instead.
+    pub fn shaped(&self, index: usize, want: &[usize]) -> Result<&[f32], String> {
+        match (self.shape(index), self.output(index)) {
+            (Some(shape), Some(values)) if shape == want => Ok(values),
+            (None, _) | (_, None) => Err(format!(
+                "the graph gave {} outputs, expected an output {index} of shape {want:?}",
+                self.batch.len()
+            )),
+            (Some(shape), Some(_)) => Err(format!(
+                "output {index} of the graph has rows of shape {shape:?}, expected {want:?}"
+            )),
+        }
+    }
+
     /// Output `index` of this row, row-major; `None` past the graph's outputs.
-    pub fn output(&self, index: usize) -> Option<&[f32]> {
+    fn output(&self, index: usize) -> Option<&[f32]> {
         let tensor = self.batch.get(index)?;
         let rows = *tensor.shape.first()?;
         let size = tensor.data.len() / rows.max(1);
@@ -85,7 +100,7 @@ impl RowOutput {
     }
 
     /// The shape of output `index` without the batch axis.
-    pub fn shape(&self, index: usize) -> Option<&[usize]> {
+    fn shape(&self, index: usize) -> Option<&[usize]> {
         self.batch.get(index).and_then(|t| t.shape.get(1..))
     }
 }
@@ -466,6 +481,25 @@ mod tests {
 
     fn taken(batch: &Batch) -> Vec<(u64, usize)> {
         batch.rows.iter().map(|(id, row, _)| (*id, *row)).collect()
+    }
+
+    #[test]
+    fn a_row_output_is_its_slice_of_the_batch_when_the_shape_is_the_expected_one() {
+        // Two rows of shape [2, 3]: row 1 is values 6..12.
+        let batch = Arc::new(vec![TensorData {
+            shape: vec![2, 2, 3],
+            data: (0..12).map(|v| v as f32).collect(),
+        }]);
+        let row = RowOutput { batch, row: 1 };
+        let values: Vec<f32> = (6..12).map(|v| v as f32).collect();
+        assert_eq!(row.shaped(0, &[2, 3]), Ok(&values[..]));
+        let wrong = row.shaped(0, &[3, 2]).expect_err("other shape");
+        assert!(
+            wrong.contains("[2, 3]") && wrong.contains("[3, 2]"),
+            "{wrong}"
+        );
+        let missing = row.shaped(1, &[2, 3]).expect_err("one output only");
+        assert!(missing.contains("gave 1 outputs"), "{missing}");
     }
 
     #[test]

@@ -470,22 +470,12 @@ impl<'a> ChunkRunner<'a> {
             .resize(window.len() * sources * channels * length, 0.0);
         let row_size = sources * channels * length;
         for (row, out) in outputs.iter().zip(self.outputs.chunks_exact_mut(row_size)) {
-            let (Some(spec_out), Some(wave_out)) = (row.output(0), row.output(1)) else {
-                return Err(model_error(
-                    &model.name,
-                    "the graph gave fewer than 2 outputs",
-                ));
+            let shaped = |index, want: &[usize]| {
+                row.shaped(index, want)
+                    .map_err(|message| model_error(&model.name, message))
             };
-            if row.shape(0) != Some(&want_spec[..]) || row.shape(1) != Some(&want_wave[..]) {
-                return Err(model_error(
-                    &model.name,
-                    format!(
-                        "the graph gave rows of shapes {:?} and {:?}, expected {want_spec:?} and {want_wave:?}",
-                        row.shape(0),
-                        row.shape(1)
-                    ),
-                ));
-            }
+            let spec_out = shaped(0, &want_spec)?;
+            let wave_out = shaped(1, &want_wave)?;
             for (index, out) in out.chunks_exact_mut(length).enumerate() {
                 // index = s * channels + c; cac planes 2c and 2c + 1 of source s.
                 let planes = &spec_out[index * 2 * plane..][..2 * plane];

@@ -136,17 +136,8 @@ impl MdxModel {
             let outputs = self.graph.run_rows(&[row_shape.to_vec()], rows)?;
             for (k, row) in outputs.iter().enumerate() {
                 let estimate = row
-                    .output(0)
-                    .filter(|_| row.shape(0) == Some(&row_shape[..]))
-                    .ok_or_else(|| {
-                        model_error(
-                            &self.name,
-                            format!(
-                                "the graph gave rows of shape {:?}, expected {row_shape:?}",
-                                row.shape(0)
-                            ),
-                        )
-                    })?;
+                    .shaped(0, &row_shape)
+                    .map_err(|message| model_error(&self.name, message))?;
                 let chunk = first_chunk + k;
                 for (c, out) in target.iter_mut().enumerate() {
                     let re_base = 2 * c * plane;

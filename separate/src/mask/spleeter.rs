@@ -128,21 +128,9 @@ impl SpleeterModel {
             for (s, row) in outputs.iter().enumerate() {
                 // Ratio masks: (m_i² + ε/2) / (Σ_j m_j² + ε).
                 let estimates = (0..self.sources)
-                    .map(|i| {
-                        row.output(i)
-                            .filter(|_| row.shape(i) == Some(&row_shape[..]))
-                    })
-                    .collect::<Option<Vec<&[f32]>>>()
-                    .ok_or_else(|| {
-                        model_error(
-                            &self.name,
-                            format!(
-                                "the graph gave rows of shape {:?}, expected {} of {row_shape:?}",
-                                row.shape(0),
-                                self.sources
-                            ),
-                        )
-                    })?;
+                    .map(|i| row.shaped(i, &row_shape))
+                    .collect::<Result<Vec<&[f32]>, String>>()
+                    .map_err(|message| model_error(&self.name, message))?;
                 for k in 0..segment_values {
                     let sum: f32 =
                         estimates.iter().map(|m| m[k] * m[k]).sum::<f32>() + self.epsilon;
